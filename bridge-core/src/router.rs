@@ -1,0 +1,434 @@
+//! The router: dedupe, chat and puppet assignment, relation resolution, and the outbox, in one transaction.
+//!
+//! **Architecture Invariant:** an input is acknowledged to its source (HTTP 200, IMAP checkpoint, LMTP 250)
+//! only after [`Router::ingest`] returned, i.e. after the event and its outbox rows were committed.
+
+use crate::ids::{ChatId, MessageId, PuppetId, SideName};
+use crate::ir::{EventKind, MembershipChange, Relation, RemoteEvent, UserRef};
+use crate::side::Capabilities;
+use crate::store::{Store, StoreError, StoreTx};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use tokio::sync::Notify;
+
+/// Router errors. All are retryable from the caller's view (nothing was committed).
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What happened to an ingested event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IngestOutcome {
+    /// Stored and queued for the other sides.
+    Committed {
+        /// The chat it went to.
+        chat: ChatId,
+        /// The stored event.
+        message: MessageId,
+        /// Whether the chat was created for it.
+        new_chat: bool,
+    },
+    /// Already known (same remote id seen before): nothing done.
+    Duplicate {
+        /// The event stored earlier.
+        message: MessageId,
+    },
+    /// No chat matches and the sender may not open one: kept in quarantine with the reason.
+    Quarantined {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A registered side as the router sees it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SideEntry {
+    pub(crate) name: SideName,
+    pub(crate) caps: Capabilities,
+}
+
+/// The router. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Router {
+    store: Store,
+    sides: Arc<Vec<SideEntry>>,
+    wake: Arc<BTreeMap<&'static str, Arc<Notify>>>,
+}
+
+/// Length of relation excerpts handed to sides.
+const EXCERPT_CHARS: usize = 300;
+
+impl Router {
+    pub(crate) fn new(
+        store: Store,
+        sides: Vec<SideEntry>,
+        wake: BTreeMap<&'static str, Arc<Notify>>,
+    ) -> Self {
+        Self {
+            store,
+            sides: Arc::new(sides),
+            wake: Arc::new(wake),
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Takes one event from a side. Returns once it is committed (or known to be a duplicate, or kept).
+    pub async fn ingest(&self, ev: RemoteEvent) -> Result<IngestOutcome, RouterError> {
+        let mut attempt = 0;
+        loop {
+            match self.try_ingest(&ev).await {
+                Err(RouterError::Store(e)) if e.is_unique_violation() && attempt < 3 => {
+                    // A concurrent ingest of the same input (or chat) won the race; try again and see it.
+                    attempt += 1;
+                    tracing::debug!(remote_id = %ev.remote_id, "Retrying ingest after a unique violation.");
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn try_ingest(&self, ev: &RemoteEvent) -> Result<IngestOutcome, RouterError> {
+        let mut tx = self.store.begin().await?;
+        if let Some(message) = tx.message_by_link(ev.side, &ev.remote_id).await? {
+            tx.commit().await?;
+            return Ok(IngestOutcome::Duplicate { message });
+        }
+        let (chat, new_chat) = match locate_chat(&mut tx, ev).await? {
+            Some(c) => (c, false),
+            None => match &ev.chat.create {
+                Some(nc) => {
+                    let group_id = new_group_id();
+                    let chat = tx
+                        .create_chat(&group_id, &nc.name, &nc.topic, ev.ts_ms / 1000)
+                        .await?;
+                    if let Some(rc) = &nc.remote_chat_id {
+                        tx.link_chat(chat, ev.side, rc).await?;
+                    }
+                    let ts = ev.ts_ms / 1000;
+                    for m in &nc.members {
+                        let p = tx.ensure_puppet(m).await?;
+                        tx.set_member(chat, p, true, ts).await?;
+                    }
+                    (chat, true)
+                }
+                None => {
+                    let reason =
+                        "no chat matches and the sender may not open a new chat".to_owned();
+                    tx.quarantine(ev.side, &ev.remote_id, &reason, ev.raw.as_deref())
+                        .await?;
+                    tx.commit().await?;
+                    tracing::warn!(side = %ev.side, remote_id = %ev.remote_id, sender = %ev.sender.remote_id, %reason, "Input kept in quarantine.");
+                    return Ok(IngestOutcome::Quarantined { reason });
+                }
+            },
+        };
+        if !new_chat {
+            if let Some(rc) = &ev.chat.remote_chat_id {
+                if tx.chat_link_of(chat, ev.side).await?.is_none() {
+                    tx.link_chat(chat, ev.side, rc).await?;
+                }
+            }
+        }
+        let sender = tx.ensure_puppet(&ev.sender).await?;
+        let ts_s = ev.ts_ms / 1000;
+        if new_chat
+            || tx
+                .members(chat, ev.side)
+                .await?
+                .iter()
+                .all(|m| m.puppet_id != sender)
+        {
+            if matches!(ev.kind, EventKind::Message(_)) || new_chat {
+                tx.set_member(chat, sender, true, ts_s).await?;
+            }
+        }
+
+        let mut event = ev.kind.clone();
+        let mut target = None;
+        let mut deliverable = true;
+        match &mut event {
+            EventKind::Message(content) => {
+                if let Some(r) = content.reply_to.as_mut() {
+                    if resolve(&mut tx, ev.side, r, chat).await?.is_none() {
+                        tracing::info!(remote_id = %ev.remote_id, "Reply target unknown; bridging as a plain message.");
+                        content.reply_to = None;
+                    }
+                }
+            }
+            EventKind::Edit { target: r, content } => {
+                match resolve_original(&mut tx, ev.side, r, chat).await? {
+                    Some(orig) => target = Some(orig),
+                    None => {
+                        tracing::info!(remote_id = %ev.remote_id, "Edit target unknown; bridging the new text as a message.");
+                        event = EventKind::Message(std::mem::take(content));
+                    }
+                }
+            }
+            EventKind::Redaction { target: r } | EventKind::Reaction { target: r, .. } => {
+                target = resolve(&mut tx, ev.side, r, chat).await?;
+                if target.is_none() {
+                    tracing::warn!(remote_id = %ev.remote_id, kind = ev.kind.name(), "Target unknown; stored, not bridged.");
+                    deliverable = false;
+                }
+            }
+            EventKind::Receipt { targets } => {
+                for r in targets.iter_mut() {
+                    resolve(&mut tx, ev.side, r, chat).await?;
+                }
+                targets.retain(|r| r.message_id.is_some());
+                deliverable = !targets.is_empty();
+            }
+            EventKind::Membership { subject, change } => {
+                let p = tx.ensure_puppet(subject).await?;
+                let changed = tx
+                    .set_member(chat, p, *change == MembershipChange::Join, ts_s)
+                    .await?;
+                deliverable = changed;
+            }
+            EventKind::ChatInfo { name, topic } => {
+                let current = tx.chat(chat).await?;
+                if name.as_deref() == Some(current.name.as_str()) {
+                    *name = None;
+                }
+                if topic.as_deref() == Some(current.topic.as_str()) {
+                    *topic = None;
+                }
+                tx.update_chat_info(chat, name.as_deref(), topic.as_deref(), ts_s)
+                    .await?;
+                deliverable = name.is_some() || topic.is_some();
+            }
+            EventKind::Notice { .. } => {}
+        }
+
+        let message = tx
+            .insert_message(
+                &new_uuid(),
+                chat,
+                Some(sender),
+                ev.side.as_str(),
+                &event,
+                target,
+                ev.ts_ms,
+            )
+            .await?;
+        tx.link_message(message, ev.side, &ev.remote_id, "").await?;
+        if let (EventKind::Reaction { key, .. }, Some(t)) = (&event, target) {
+            tx.set_reaction(t, sender, key, message).await?;
+        }
+        let mut woken = Vec::new();
+        if deliverable {
+            let linked: BTreeSet<String> = tx.chat_sides(chat).await?.into_iter().collect();
+            for s in self.sides.iter() {
+                if s.name == ev.side || !wants(s, &event) {
+                    continue;
+                }
+                if s.caps.auto_portal || linked.contains(s.name.as_str()) {
+                    tx.enqueue(s.name.as_str(), chat, message).await?;
+                    woken.push(s.name.as_str());
+                }
+            }
+        }
+        tx.commit().await?;
+        for w in woken {
+            if let Some(n) = self.wake.get(w) {
+                n.notify_one();
+            }
+        }
+        Ok(IngestOutcome::Committed {
+            chat,
+            message,
+            new_chat,
+        })
+    }
+
+    /// Posts a notice from the bridge into a chat, for one side only.
+    pub async fn notice(
+        &self,
+        chat: ChatId,
+        side: SideName,
+        text: &str,
+    ) -> Result<MessageId, RouterError> {
+        let mut tx = self.store.begin().await?;
+        let event = EventKind::Notice {
+            text: text.to_owned(),
+        };
+        let message = tx
+            .insert_message(
+                &new_uuid(),
+                chat,
+                None,
+                "bridge",
+                &event,
+                None,
+                crate::store::now_ms(),
+            )
+            .await?;
+        tx.enqueue(side.as_str(), chat, message).await?;
+        tx.commit().await?;
+        if let Some(n) = self.wake.get(side.as_str()) {
+            n.notify_one();
+        }
+        Ok(message)
+    }
+
+    /// Opens a chat from the bridge itself (e.g. a `create` command), linked on `side` if given,
+    /// with the given members. Returns the chat.
+    pub async fn create_chat(
+        &self,
+        name: &str,
+        topic: &str,
+        link: Option<(SideName, &str)>,
+        members: &[UserRef],
+    ) -> Result<ChatId, RouterError> {
+        let mut tx = self.store.begin().await?;
+        let ts = crate::store::now_ms() / 1000;
+        let chat = tx.create_chat(&new_group_id(), name, topic, ts).await?;
+        if let Some((side, remote)) = link {
+            tx.link_chat(chat, side, remote).await?;
+        }
+        for m in members {
+            let p = tx.ensure_puppet(m).await?;
+            tx.set_member(chat, p, true, ts).await?;
+        }
+        tx.commit().await?;
+        Ok(chat)
+    }
+
+    /// Wakes a side's drainer (e.g. after linking a chat).
+    pub fn wake(&self, side: SideName) {
+        if let Some(n) = self.wake.get(side.as_str()) {
+            n.notify_one();
+        }
+    }
+}
+
+fn wants(side: &SideEntry, event: &EventKind) -> bool {
+    match event {
+        EventKind::Receipt { .. } => side.caps.receipts,
+        EventKind::Notice { .. } => false,
+        _ => true,
+    }
+}
+
+async fn locate_chat(tx: &mut StoreTx, ev: &RemoteEvent) -> Result<Option<ChatId>, StoreError> {
+    if let Some(rc) = &ev.chat.remote_chat_id {
+        if let Some(c) = tx.chat_by_link(ev.side, rc).await? {
+            return Ok(Some(c));
+        }
+    }
+    for mid in &ev.chat.via_messages {
+        if let Some(m) = tx.message_by_link(ev.side, mid).await? {
+            if let Some(c) = tx.chat_of_message(m).await? {
+                return Ok(Some(c));
+            }
+        }
+    }
+    if let Some((name, members)) = &ev.chat.name_and_members {
+        let mut wanted = BTreeSet::new();
+        for u in members {
+            match tx.puppet_by_link(u.side, &u.remote_id).await? {
+                Some(p) => {
+                    wanted.insert(p);
+                }
+                None => return Ok(None),
+            }
+        }
+        for c in tx.chats_named(name).await? {
+            let have: BTreeSet<PuppetId> = tx.member_set(c).await?;
+            if have == wanted {
+                return Ok(Some(c));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Fills `message_id`; returns it if the target is known and in the same chat.
+async fn resolve(
+    tx: &mut StoreTx,
+    side: SideName,
+    r: &mut Relation,
+    chat: ChatId,
+) -> Result<Option<MessageId>, StoreError> {
+    let Some(rid) = r.remote_id.as_deref() else {
+        return Ok(r.message_id);
+    };
+    let Some(m) = tx.message_by_link(side, rid).await? else {
+        return Ok(None);
+    };
+    if tx.chat_of_message(m).await? != Some(chat) {
+        return Ok(None);
+    }
+    r.message_id = Some(m);
+    r.remote_id = None;
+    Ok(Some(m))
+}
+
+/// Like [`resolve`], but an edit of an edit points at the original message.
+async fn resolve_original(
+    tx: &mut StoreTx,
+    side: SideName,
+    r: &mut Relation,
+    chat: ChatId,
+) -> Result<Option<MessageId>, StoreError> {
+    let Some(mut m) = resolve(tx, side, r, chat).await? else {
+        return Ok(None);
+    };
+    for _ in 0..8 {
+        let stored = tx.message(m).await?;
+        match stored.event {
+            EventKind::Edit { target, .. } => match target.message_id {
+                Some(t) => m = t,
+                None => break,
+            },
+            _ => break,
+        }
+    }
+    r.message_id = Some(m);
+    Ok(Some(m))
+}
+
+/// Fills a relation for delivery on `side`: the target's remote id there, its excerpt and sender name.
+pub(crate) async fn resolve_for_side(
+    tx: &mut StoreTx,
+    side: SideName,
+    r: &mut Relation,
+) -> Result<(), StoreError> {
+    let Some(m) = r.message_id else {
+        return Ok(());
+    };
+    r.remote_id = tx.link_of_message(m, side).await?;
+    let stored = tx.message(m).await?;
+    if let EventKind::Message(c) = &stored.event {
+        let text = c.text();
+        r.excerpt = Some(text.chars().take(EXCERPT_CHARS).collect());
+    }
+    if let Some(p) = stored.sender {
+        r.sender_name = Some(tx.member_view(p, side).await?.display_name);
+    }
+    Ok(())
+}
+
+fn new_uuid() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// A new Chat-Group-ID: 24 characters of the URL-safe base64 alphabet, as Delta Chat makes them.
+pub fn new_group_id() -> String {
+    use rand::Rng as _;
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut rng = rand::rng();
+    (0..24)
+        .map(|_| {
+            let i = rng.random_range(0..ALPHABET.len());
+            char::from(ALPHABET.get(i).copied().unwrap_or(b'A'))
+        })
+        .collect()
+}

@@ -1,0 +1,387 @@
+//! In-process hub tests: fake sides over a real store (SQLite, and PostgreSQL when reachable).
+
+mod common;
+
+use bridge_core::ids::SideName;
+use bridge_core::ir::{
+    ChatLocator, EventKind, MembershipChange, MessageContent, Part, Relation, RemoteEvent, UserRef,
+};
+use bridge_core::testing::{FakeFailure, TestBridge, text_event};
+use bridge_core::{IngestOutcome, Store};
+use std::collections::BTreeSet;
+
+async fn bridges() -> Vec<(&'static str, TestBridge)> {
+    let mut v = Vec::new();
+    for b in common::backends().await {
+        let store: Store = b.store.clone();
+        v.push((b.name, TestBridge::with_store(store, &["alpha", "beta"])));
+        std::mem::forget(b); // keep temp dirs alive for the test's duration
+    }
+    v
+}
+
+fn reply(
+    side: &'static str,
+    chat: &str,
+    sender: &str,
+    id: &str,
+    text: &str,
+    to: &str,
+) -> RemoteEvent {
+    let mut ev = text_event(side, chat, sender, id, text);
+    if let EventKind::Message(c) = &mut ev.kind {
+        c.reply_to = Some(Relation::remote(to));
+    }
+    ev
+}
+
+fn with_kind(mut ev: RemoteEvent, kind: EventKind) -> RemoteEvent {
+    ev.kind = kind;
+    ev
+}
+
+#[tokio::test]
+async fn message_reply_edit_reaction_redaction_flow_both_ways() {
+    for (name, t) in bridges().await {
+        let r = t.router();
+        let alpha = t.side("alpha").expect("alpha");
+        let beta = t.side("beta").expect("beta");
+        let out = r
+            .ingest(text_event("alpha", "room-1", "a1", "a-1", "hello"))
+            .await
+            .expect("ingest");
+        let IngestOutcome::Committed {
+            new_chat: true,
+            chat,
+            ..
+        } = out
+        else {
+            panic!("{name}: {out:?}")
+        };
+        // Duplicate input: nothing new.
+        assert!(matches!(
+            r.ingest(text_event("alpha", "room-1", "a1", "a-1", "hello"))
+                .await
+                .expect("dup"),
+            IngestOutcome::Duplicate { .. }
+        ));
+        let st = t.bridge.drain_once(SideName("beta")).await.expect("drain");
+        assert_eq!(st.delivered, 1, "{name}");
+        let d = beta.delivered();
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].chat.remote_chat_id, None, "beta had no portal yet");
+        assert_eq!(
+            d[0].sender.as_ref().map(|s| s.native_id.as_str()),
+            Some("a1")
+        );
+        // The fake side created a portal; a message from beta in it goes back to alpha as a reply.
+        let beta_chat = t
+            .bridge
+            .store()
+            .chat_link(chat, SideName("beta"))
+            .await
+            .expect("link")
+            .expect("linked");
+        let beta_msg_id = format!("beta-{}", d[0].message_uuid);
+        let ev = reply("beta", &beta_chat, "b1", "b-1", "hi back", &beta_msg_id);
+        assert!(matches!(
+            r.ingest(ev).await.expect("ingest"),
+            IngestOutcome::Committed {
+                new_chat: false,
+                ..
+            }
+        ));
+        t.bridge.drain_once(SideName("alpha")).await.expect("drain");
+        let a = alpha.delivered();
+        assert_eq!(a.len(), 1, "{name}");
+        let EventKind::Message(c) = &a[0].event else {
+            panic!()
+        };
+        let rt = c.reply_to.as_ref().expect("reply kept");
+        assert_eq!(
+            rt.remote_id.as_deref(),
+            Some("a-1"),
+            "reply target in alpha's ids"
+        );
+        assert_eq!(rt.excerpt.as_deref(), Some("hello"));
+        assert_eq!(a[0].chat.remote_chat_id.as_deref(), Some("room-1"));
+
+        // Edit of an edit points at the original.
+        let content = |s: &str| MessageContent {
+            parts: vec![Part::text(s)],
+            ..MessageContent::default()
+        };
+        let e1 = with_kind(
+            text_event("alpha", "room-1", "a1", "a-2", ""),
+            EventKind::Edit {
+                target: Relation::remote("a-1"),
+                content: content("hello!"),
+            },
+        );
+        let e2 = with_kind(
+            text_event("alpha", "room-1", "a1", "a-3", ""),
+            EventKind::Edit {
+                target: Relation::remote("a-2"),
+                content: content("hello!!"),
+            },
+        );
+        r.ingest(e1).await.expect("edit");
+        r.ingest(e2).await.expect("edit 2");
+        // Reaction and retraction, then redaction.
+        let re = with_kind(
+            text_event("alpha", "room-1", "a1", "a-4", ""),
+            EventKind::Reaction {
+                target: Relation::remote("a-1"),
+                key: "👍".into(),
+            },
+        );
+        r.ingest(re).await.expect("reaction");
+        let rd = with_kind(
+            text_event("alpha", "room-1", "a1", "a-5", ""),
+            EventKind::Redaction {
+                target: Relation::remote("a-1"),
+            },
+        );
+        r.ingest(rd).await.expect("redaction");
+        t.bridge.drain_once(SideName("beta")).await.expect("drain");
+        let d = beta.delivered();
+        assert_eq!(d.len(), 5, "{name}");
+        for item in &d[1..3] {
+            let EventKind::Edit { target, .. } = &item.event else {
+                panic!("{:?}", item.event)
+            };
+            assert_eq!(
+                target.remote_id.as_deref(),
+                Some(beta_msg_id.as_str()),
+                "edits target the original"
+            );
+        }
+        let EventKind::Reaction { target, key } = &d[3].event else {
+            panic!()
+        };
+        assert_eq!(
+            (target.remote_id.as_deref(), key.as_str()),
+            (Some(beta_msg_id.as_str()), "👍")
+        );
+        assert!(matches!(&d[4].event, EventKind::Redaction { .. }));
+        // Thread bookkeeping for the side.
+        assert_eq!(d[4].chat.thread_root.as_deref(), Some(beta_msg_id.as_str()));
+        let msg = t
+            .bridge
+            .store()
+            .message_by_link(SideName("alpha"), "a-1")
+            .await
+            .expect("q")
+            .expect("m");
+        assert_eq!(
+            t.bridge
+                .store()
+                .reactions(msg)
+                .await
+                .expect("reactions")
+                .len(),
+            1
+        );
+    }
+}
+
+#[tokio::test]
+async fn unknown_chat_without_permission_is_quarantined_not_dropped() {
+    for (name, t) in bridges().await {
+        let mut ev = text_event("alpha", "room-x", "stranger", "a-9", "spam?");
+        ev.chat.create = None;
+        ev.raw = Some(b"raw bytes".to_vec());
+        let out = t.router().ingest(ev).await.expect("ingest");
+        assert!(
+            matches!(out, IngestOutcome::Quarantined { .. }),
+            "{name}: {out:?}"
+        );
+        let reasons = t
+            .bridge
+            .store()
+            .quarantine_reasons(SideName("alpha"), "a-9")
+            .await
+            .expect("q");
+        assert_eq!(reasons.len(), 1);
+        assert_eq!(
+            t.bridge
+                .store()
+                .outbox_count(SideName("beta"), "pending")
+                .await
+                .expect("count"),
+            0
+        );
+    }
+}
+
+#[tokio::test]
+async fn chat_found_by_references_and_by_name_and_members() {
+    for (name, t) in bridges().await {
+        let r = t.router();
+        let a = UserRef::new(SideName("alpha"), "a1", None);
+        let b = UserRef::new(SideName("alpha"), "b1", None);
+        let mut first = text_event("alpha", "thread-root", "a1", "<root@x>", "first");
+        first.chat.remote_chat_id = None;
+        if let Some(nc) = first.chat.create.as_mut() {
+            nc.members = vec![a.clone(), b.clone()];
+            nc.name = "Group".into();
+            nc.remote_chat_id = None;
+        }
+        let IngestOutcome::Committed { chat, .. } = r.ingest(first).await.expect("first") else {
+            panic!()
+        };
+        // By references.
+        let mut second = text_event("alpha", "ignored", "b1", "<second@x>", "second");
+        second.chat = ChatLocator {
+            via_messages: vec!["<root@x>".into()],
+            ..ChatLocator::default()
+        };
+        let IngestOutcome::Committed { chat: c2, .. } = r.ingest(second).await.expect("second")
+        else {
+            panic!()
+        };
+        assert_eq!(chat, c2, "{name}");
+        // By name and exact members.
+        let mut third = text_event("alpha", "ignored", "b1", "<third@x>", "third");
+        third.chat = ChatLocator {
+            name_and_members: Some(("Group".into(), BTreeSet::from([a.clone(), b.clone()]))),
+            ..ChatLocator::default()
+        };
+        let IngestOutcome::Committed { chat: c3, .. } = r.ingest(third).await.expect("third")
+        else {
+            panic!()
+        };
+        assert_eq!(chat, c3);
+        // A different member set does not match.
+        let mut fourth = text_event("alpha", "ignored", "b1", "<fourth@x>", "fourth");
+        fourth.chat = ChatLocator {
+            name_and_members: Some(("Group".into(), BTreeSet::from([a.clone()]))),
+            ..ChatLocator::default()
+        };
+        assert!(matches!(
+            r.ingest(fourth).await.expect("fourth"),
+            IngestOutcome::Quarantined { .. }
+        ));
+    }
+}
+
+#[tokio::test]
+async fn retries_keep_per_chat_order_and_permanent_failure_tells_the_origin() {
+    for (name, t) in bridges().await {
+        let r = t.router();
+        let beta = t.side("beta").expect("beta");
+        let alpha = t.side("alpha").expect("alpha");
+        for i in 0..3 {
+            r.ingest(text_event(
+                "alpha",
+                "room-o",
+                "a1",
+                &format!("o-{i}"),
+                &format!("m{i}"),
+            ))
+            .await
+            .expect("ingest");
+        }
+        beta.script([Err(FakeFailure::Retry)]);
+        let st = t.bridge.drain_once(SideName("beta")).await.expect("drain");
+        assert_eq!(
+            (st.delivered, st.retried),
+            (0, 1),
+            "{name}: the chat stops at the failed row"
+        );
+        let st = t.bridge.drain_once(SideName("beta")).await.expect("drain");
+        assert_eq!(st.delivered, 3);
+        let texts: Vec<String> = beta
+            .delivered()
+            .iter()
+            .map(|d| match &d.event {
+                EventKind::Message(c) => c.text(),
+                _ => String::new(),
+            })
+            .collect();
+        assert_eq!(texts, ["m0", "m1", "m2"]);
+        // Permanent failure: row failed, a notice goes to alpha.
+        beta.script([Err(FakeFailure::Permanent)]);
+        r.ingest(text_event("alpha", "room-o", "a1", "o-9", "doomed"))
+            .await
+            .expect("ingest");
+        t.bridge.drain_once(SideName("beta")).await.expect("drain");
+        assert_eq!(
+            t.bridge
+                .store()
+                .outbox_count(SideName("beta"), "failed")
+                .await
+                .expect("count"),
+            1
+        );
+        t.bridge
+            .drain_once(SideName("alpha"))
+            .await
+            .expect("drain alpha");
+        let notices: Vec<_> = alpha
+            .delivered()
+            .into_iter()
+            .filter(|d| matches!(d.event, EventKind::Notice { .. }))
+            .collect();
+        assert_eq!(notices.len(), 1, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn membership_and_chat_info_changes_are_applied_and_bridged_once() {
+    for (name, t) in bridges().await {
+        let r = t.router();
+        let beta = t.side("beta").expect("beta");
+        let IngestOutcome::Committed { chat, .. } = r
+            .ingest(text_event("alpha", "room-m", "a1", "m-1", "hi"))
+            .await
+            .expect("i")
+        else {
+            panic!()
+        };
+        let carol = UserRef::new(SideName("alpha"), "carol", Some("Carol".into()));
+        for (i, change) in [
+            MembershipChange::Join,
+            MembershipChange::Join,
+            MembershipChange::Leave,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let ev = with_kind(
+                text_event("alpha", "room-m", "a1", &format!("m-j{i}"), ""),
+                EventKind::Membership {
+                    subject: carol.clone(),
+                    change,
+                },
+            );
+            r.ingest(ev).await.expect("membership");
+        }
+        let info = with_kind(
+            text_event("alpha", "room-m", "a1", "m-n", ""),
+            EventKind::ChatInfo {
+                name: Some("New name".into()),
+                topic: None,
+            },
+        );
+        r.ingest(info).await.expect("info");
+        t.bridge.drain_once(SideName("beta")).await.expect("drain");
+        let kinds: Vec<&str> = beta.delivered().iter().map(|d| d.event.name()).collect();
+        assert_eq!(
+            kinds,
+            ["message", "membership", "membership", "chat_info"],
+            "{name}: the repeated join is not bridged"
+        );
+        assert_eq!(
+            t.bridge.store().chat(chat).await.expect("chat").name,
+            "New name"
+        );
+        let members = t
+            .bridge
+            .store()
+            .members(chat, SideName("beta"))
+            .await
+            .expect("members");
+        assert!(members.iter().any(|m| m.native_id == "carol" && !m.joined));
+    }
+}
