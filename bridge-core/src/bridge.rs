@@ -253,7 +253,13 @@ impl Bridge {
         match side.deliver(&item).await {
             Ok(d) => {
                 self.store
-                    .complete_outbox(row, side.name(), &d.links, d.chat_link.as_deref())
+                    .complete_outbox(
+                        row,
+                        side.name(),
+                        &d.links,
+                        d.chat_link.as_deref(),
+                        &d.puppet_links,
+                    )
                     .await?;
                 stats.delivered += 1;
                 tracing::debug!(side = %side.name(), outbox = %row.id, kind, "Delivered.");
@@ -305,19 +311,18 @@ impl Bridge {
         tracing::warn!(side = %side.name(), outbox = %row.id, error = %message, "Delivery failed permanently.");
         self.store.finish_outbox(row, "failed", message).await?;
         // Tell the people on the side the event came from, unless it was itself a notice.
-        if !matches!(item.event, EventKind::Notice { .. }) {
-            if let Some(origin) = self
+        if !matches!(item.event, EventKind::Notice { .. })
+            && let Some(origin) = self
                 .sides
                 .iter()
                 .find(|s| s.name().as_str() == item.origin_side)
-            {
-                let text = format!(
-                    "⚠️ Could not deliver a message to {}: {message}",
-                    side.name()
-                );
-                if let Err(e) = self.router.notice(row.chat_id, origin.name(), &text).await {
-                    tracing::warn!(error = %e, "Could not queue the failure notice.");
-                }
+        {
+            let text = format!(
+                "⚠️ Could not deliver a message to {}: {message}",
+                side.name()
+            );
+            if let Err(e) = self.router.notice(row.chat_id, origin.name(), &text).await {
+                tracing::warn!(error = %e, "Could not queue the failure notice.");
             }
         }
         Ok(())

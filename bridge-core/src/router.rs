@@ -108,9 +108,9 @@ impl Router {
                     let chat = tx
                         .create_chat(&group_id, &nc.name, &nc.topic, ev.ts_ms / 1000)
                         .await?;
-                    if let Some(rc) = &nc.remote_chat_id {
-                        tx.link_chat(chat, ev.side, rc).await?;
-                    }
+                    // The chat is linked on the side it came from: by the side's id, or by its own group id.
+                    let link = nc.remote_chat_id.as_deref().unwrap_or(group_id.as_str());
+                    tx.link_chat(chat, ev.side, link).await?;
                     let ts = ev.ts_ms / 1000;
                     for m in &nc.members {
                         let p = tx.ensure_puppet(m).await?;
@@ -129,25 +129,18 @@ impl Router {
                 }
             },
         };
-        if !new_chat {
-            if let Some(rc) = &ev.chat.remote_chat_id {
-                if tx.chat_link_of(chat, ev.side).await?.is_none() {
-                    tx.link_chat(chat, ev.side, rc).await?;
-                }
-            }
+        if !new_chat
+            && let Some(rc) = &ev.chat.remote_chat_id
+            && tx.chat_link_of(chat, ev.side).await?.is_none()
+        {
+            tx.link_chat(chat, ev.side, rc).await?;
         }
         let sender = tx.ensure_puppet(&ev.sender).await?;
         let ts_s = ev.ts_ms / 1000;
-        if new_chat
-            || tx
-                .members(chat, ev.side)
-                .await?
-                .iter()
-                .all(|m| m.puppet_id != sender)
-        {
-            if matches!(ev.kind, EventKind::Message(_)) || new_chat {
-                tx.set_member(chat, sender, true, ts_s).await?;
-            }
+        // A sender becomes a member when a chat opens with them or when they first write in it.
+        let is_message = matches!(ev.kind, EventKind::Message(_));
+        if new_chat || (is_message && !tx.member_set(chat).await?.contains(&sender)) {
+            tx.set_member(chat, sender, true, ts_s).await?;
         }
 
         let mut event = ev.kind.clone();
@@ -155,11 +148,11 @@ impl Router {
         let mut deliverable = true;
         match &mut event {
             EventKind::Message(content) => {
-                if let Some(r) = content.reply_to.as_mut() {
-                    if resolve(&mut tx, ev.side, r, chat).await?.is_none() {
-                        tracing::info!(remote_id = %ev.remote_id, "Reply target unknown; bridging as a plain message.");
-                        content.reply_to = None;
-                    }
+                if let Some(r) = content.reply_to.as_mut()
+                    && resolve(&mut tx, ev.side, r, chat).await?.is_none()
+                {
+                    tracing::info!(remote_id = %ev.remote_id, "Reply target unknown; bridging as a plain message.");
+                    content.reply_to = None;
                 }
             }
             EventKind::Edit { target: r, content } => {
@@ -318,16 +311,16 @@ fn wants(side: &SideEntry, event: &EventKind) -> bool {
 }
 
 async fn locate_chat(tx: &mut StoreTx, ev: &RemoteEvent) -> Result<Option<ChatId>, StoreError> {
-    if let Some(rc) = &ev.chat.remote_chat_id {
-        if let Some(c) = tx.chat_by_link(ev.side, rc).await? {
-            return Ok(Some(c));
-        }
+    if let Some(rc) = &ev.chat.remote_chat_id
+        && let Some(c) = tx.chat_by_link(ev.side, rc).await?
+    {
+        return Ok(Some(c));
     }
     for mid in &ev.chat.via_messages {
-        if let Some(m) = tx.message_by_link(ev.side, mid).await? {
-            if let Some(c) = tx.chat_of_message(m).await? {
-                return Ok(Some(c));
-            }
+        if let Some(m) = tx.message_by_link(ev.side, mid).await?
+            && let Some(c) = tx.chat_of_message(m).await?
+        {
+            return Ok(Some(c));
         }
     }
     if let Some((name, members)) = &ev.chat.name_and_members {

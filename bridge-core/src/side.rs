@@ -96,6 +96,8 @@ pub struct Delivered {
     pub links: Vec<(String, String)>,
     /// A remote chat id to link the chat to (a portal the side just created).
     pub chat_link: Option<String>,
+    /// Ghost ids the side used for people (puppet, id on this side), so replies from them map back.
+    pub puppet_links: Vec<(PuppetId, String)>,
 }
 
 /// Why a delivery failed, classified so the hub can choose between a retry, a notice and a drop.

@@ -487,8 +487,12 @@ impl Store {
         side: SideName,
         links: &[(String, String)],
         chat_link: Option<&str>,
+        puppet_links: &[(PuppetId, String)],
     ) -> Result<()> {
         let mut tx = self.begin().await?;
+        for (p, remote) in puppet_links {
+            tx.link_puppet(*p, side, remote).await?;
+        }
         for (part, remote) in links {
             tx.link_message(row.message_id, side, remote, part).await?;
         }

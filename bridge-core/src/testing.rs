@@ -99,6 +99,7 @@ impl Side for FakeSide {
                 .remote_chat_id
                 .is_none()
                 .then(|| format!("{}-chat-{}", self.name, item.chat.group_id)),
+            puppet_links: Vec::new(),
         })
     }
 }

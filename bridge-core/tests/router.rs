@@ -1,5 +1,7 @@
 //! In-process hub tests: fake sides over a real store (SQLite, and PostgreSQL when reachable).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use bridge_core::ids::SideName;

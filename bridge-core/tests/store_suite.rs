@@ -1,5 +1,7 @@
 //! The store test suite, run on SQLite and on PostgreSQL.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use bridge_core::ids::SideName;
@@ -160,9 +162,15 @@ async fn store_suite() {
         s.retry_outbox(&rows[0], 5, "try later")
             .await
             .expect("retry");
-        s.complete_outbox(&rows[1], MATRIX, &[(String::new(), "$ev2".into())], None)
-            .await
-            .expect("complete");
+        s.complete_outbox(
+            &rows[1],
+            MATRIX,
+            &[(String::new(), "$ev2".into())],
+            None,
+            &[],
+        )
+        .await
+        .expect("complete");
         assert_eq!(s.outbox_count(MATRIX, "done").await.expect("count"), 1);
         let rows = s.pending_outbox(MATRIX, 10).await.expect("pending");
         assert_eq!(

@@ -3,6 +3,7 @@
 //! PostgreSQL is taken from `COI_TEST_PG_URL` (default `postgres://postgres@127.0.0.1:5432/test`).
 //! With `COI_TEST_STACK=1` (set by `deploy/test.sh`) an unreachable PostgreSQL fails the test instead of skipping.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 #![allow(dead_code, unreachable_pub)]
 
 use bridge_core::Store;

@@ -1,0 +1,330 @@
+//! Inbound mapping: a parsed mail → hub events. Pure: no I/O, no store.
+//!
+//! Chat assignment follows DESIGN §4 / the issue: a known Chat-Group-ID, else a linked message named in
+//! In-Reply-To / References, else chat name plus exact member set (Delta Chat's unencrypted groups carry
+//! no group id), else a new chat if the sender is allowed to open one.
+
+use crate::codec::{Mailbox, ParsedEmail};
+use crate::config::EmailConfig;
+use bridge_core::SideName;
+use bridge_core::ir::{
+    AttachmentKind, ChatLocator, EventKind, MembershipChange, MessageContent, NewChat, Part,
+    Relation, RemoteEvent, UserRef,
+};
+use std::collections::BTreeSet;
+
+/// Why a mail produces no event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Skip {
+    /// From is one of the bridge's own addresses: an echo of our send if its Message-ID is linked, else forged.
+    OwnAddress,
+    /// Keep it in quarantine with this reason.
+    Keep(String),
+}
+
+/// The dedupe key of a mail: its Message-ID, or a stable digest when it has none.
+pub fn mail_key(parsed: &ParsedEmail, raw: &[u8]) -> String {
+    match &parsed.message_id {
+        Some(id) if !id.trim().is_empty() => id.trim().to_owned(),
+        _ => {
+            // FNV-1a over the body after the header block: identical for the N copies one mail makes.
+            let body_start = find_body(raw);
+            let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+            for b in raw.get(body_start..).unwrap_or_default() {
+                h ^= u64::from(*b);
+                h = h.wrapping_mul(0x0100_0000_01b3);
+            }
+            let from = parsed.from.as_ref().map(|m| m.addr.as_str()).unwrap_or("");
+            format!(
+                "no-message-id.{h:016x}.{}@{}",
+                parsed.date_unix.unwrap_or(0),
+                from.replace('@', ".")
+            )
+        }
+    }
+}
+
+fn find_body(raw: &[u8]) -> usize {
+    raw.windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| p + 4)
+        .or_else(|| raw.windows(2).position(|w| w == b"\n\n").map(|p| p + 2))
+        .unwrap_or(raw.len())
+}
+
+/// Strips reply / forward prefixes (`Re:`, `AW:`, `Fwd:`, …) from a subject, as Delta Chat does.
+pub fn chat_name_from_subject(subject: &str) -> String {
+    let mut s = subject.trim();
+    while let Some((prefix, rest)) = s.split_once(':') {
+        let is_prefix = !s.starts_with("Chat:")
+            && !prefix.is_empty()
+            && prefix.chars().count() <= 4
+            && prefix.chars().all(char::is_alphabetic);
+        if !is_prefix {
+            break;
+        }
+        s = rest.trim_start();
+    }
+    s.to_owned()
+}
+
+/// The person behind an address: email people are themselves; puppet addresses map to whoever we linked them to
+/// (the router finds the puppet by its email link).
+fn user(m: &Mailbox) -> UserRef {
+    UserRef::new(SideName::EMAIL, m.addr.to_ascii_lowercase(), m.name.clone())
+}
+
+/// Maps a parsed mail to hub events (usually one; a multi-target Chat-Delete gives one per target).
+pub fn to_events(
+    parsed: &ParsedEmail,
+    raw: &[u8],
+    cfg: &EmailConfig,
+    now_ms: i64,
+) -> Result<Vec<RemoteEvent>, Skip> {
+    let key = mail_key(parsed, raw);
+    let Some(from) = parsed.from.as_ref().filter(|f| f.addr.contains('@')) else {
+        return Err(Skip::Keep("no usable From address".into()));
+    };
+    let from_addr = from.addr.to_ascii_lowercase();
+    if cfg.is_puppet_address(&from_addr) || from_addr == cfg.bridge_address.to_ascii_lowercase() {
+        return Err(Skip::OwnAddress);
+    }
+    if parsed.is_encrypted {
+        return Err(Skip::Keep(
+            "OpenPGP-encrypted mail is not supported yet".into(),
+        ));
+    }
+    let auto = parsed
+        .auto_submitted
+        .as_deref()
+        .map(str::to_ascii_lowercase);
+    if parsed.mdn.is_none()
+        && auto
+            .as_deref()
+            .is_some_and(|a| a != "no" && a != "auto-generated")
+    {
+        return Err(Skip::Keep(format!(
+            "automatic reply (Auto-Submitted: {})",
+            auto.unwrap_or_default()
+        )));
+    }
+
+    // Display name: Delta Chat's per-message name (From name with Sender = same account) is the From name.
+    let sender = user(from);
+    let name = parsed
+        .group
+        .name
+        .clone()
+        .or_else(|| parsed.subject.as_deref().map(chat_name_from_subject))
+        .unwrap_or_default();
+    let mut members: BTreeSet<UserRef> = BTreeSet::new();
+    members.insert(UserRef::new(SideName::EMAIL, from_addr.clone(), None));
+    for m in parsed.to.iter().chain(parsed.cc.iter()) {
+        let a = m.addr.to_ascii_lowercase();
+        if a.contains('@') && a != cfg.bridge_address.to_ascii_lowercase() {
+            members.insert(UserRef::new(SideName::EMAIL, a, None));
+        }
+    }
+    let addressed_to_bridge = parsed
+        .to
+        .iter()
+        .chain(parsed.cc.iter())
+        .map(|m| m.addr.to_ascii_lowercase())
+        .chain(parsed.delivered_to.iter().map(|a| a.to_ascii_lowercase()))
+        .any(|a| cfg.is_puppet_address(&a) || a == cfg.bridge_address.to_ascii_lowercase());
+    let create = (addressed_to_bridge && cfg.may_open_chat(&from_addr)).then(|| NewChat {
+        name: if name.is_empty() {
+            "👥📧".to_owned()
+        } else {
+            name.clone()
+        },
+        topic: parsed.group.description.clone().unwrap_or_default(),
+        members: parsed
+            .to
+            .iter()
+            .chain(parsed.cc.iter())
+            .filter(|m| !m.addr.eq_ignore_ascii_case(&cfg.bridge_address))
+            .map(user)
+            .collect(),
+        remote_chat_id: parsed.group.id.clone(),
+    });
+    let mut via = Vec::new();
+    for id in parsed
+        .in_reply_to
+        .iter()
+        .chain(parsed.references.iter().rev())
+    {
+        if !via.contains(id) {
+            via.push(id.clone());
+        }
+    }
+    let locator = ChatLocator {
+        remote_chat_id: parsed.group.id.clone(),
+        via_messages: via,
+        name_and_members: (!name.is_empty()).then(|| (name.clone(), members)),
+        create,
+    };
+    let ts_ms = parsed
+        .date_unix
+        .map(|d| d.saturating_mul(1000))
+        .filter(|t| *t > 0)
+        .unwrap_or(now_ms);
+    let event = |remote_id: String, kind: EventKind| RemoteEvent {
+        side: SideName::EMAIL,
+        remote_id,
+        chat: locator.clone(),
+        sender: sender.clone(),
+        ts_ms,
+        kind,
+        raw: Some(raw.to_vec()),
+    };
+    let first_parent = parsed.in_reply_to.first().cloned();
+
+    if let Some(mdn) = &parsed.mdn {
+        let targets = mdn
+            .original_message_ids
+            .iter()
+            .map(|id| Relation::remote(id.clone()))
+            .collect();
+        return Ok(vec![event(key, EventKind::Receipt { targets })]);
+    }
+    if let Some(emoji) = &parsed.reaction {
+        let Some(target) = first_parent else {
+            return Err(Skip::Keep("reaction without In-Reply-To".into()));
+        };
+        return Ok(vec![event(
+            key,
+            EventKind::Reaction {
+                target: Relation::remote(target),
+                key: emoji.clone(),
+            },
+        )]);
+    }
+    if !parsed.chat_delete.is_empty() {
+        return Ok(parsed
+            .chat_delete
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let id = if i == 0 {
+                    key.clone()
+                } else {
+                    format!("{key}#delete{i}")
+                };
+                event(
+                    id,
+                    EventKind::Redaction {
+                        target: Relation::remote(t.clone()),
+                    },
+                )
+            })
+            .collect());
+    }
+    if let Some(target) = &parsed.chat_edit {
+        let text = parsed
+            .text
+            .trim_start_matches('\u{270f}')
+            .trim_start_matches('\u{fe0f}')
+            .trim_start()
+            .to_owned();
+        return Ok(vec![event(
+            key,
+            EventKind::Edit {
+                target: Relation::remote(target.clone()),
+                content: MessageContent {
+                    parts: vec![Part::text(text)],
+                    ..MessageContent::default()
+                },
+            },
+        )]);
+    }
+    if let Some(addr) = &parsed.group.member_added {
+        return Ok(vec![event(
+            key,
+            EventKind::Membership {
+                subject: UserRef::new(SideName::EMAIL, addr.to_ascii_lowercase(), None),
+                change: MembershipChange::Join,
+            },
+        )]);
+    }
+    if let Some(addr) = &parsed.group.member_removed {
+        return Ok(vec![event(
+            key,
+            EventKind::Membership {
+                subject: UserRef::new(SideName::EMAIL, addr.to_ascii_lowercase(), None),
+                change: MembershipChange::Leave,
+            },
+        )]);
+    }
+    if parsed.group.name_changed_from.is_some() {
+        return Ok(vec![event(
+            key,
+            EventKind::ChatInfo {
+                name: parsed.group.name.clone(),
+                topic: None,
+            },
+        )]);
+    }
+
+    let mut parts = Vec::new();
+    if !parsed.text.trim().is_empty() {
+        parts.push(Part::Text {
+            body: parsed.text.clone(),
+            html: None,
+            emote: false,
+            notice: false,
+        });
+    }
+    for a in &parsed.attachments {
+        let kind = if a.sticker {
+            AttachmentKind::Sticker
+        } else if a.voice_message {
+            AttachmentKind::Voice
+        } else {
+            AttachmentKind::from_mime(&a.mime_type)
+        };
+        parts.push(Part::Attachment {
+            filename: a
+                .filename
+                .clone()
+                .unwrap_or_else(|| "attachment".to_owned()),
+            mime_type: a.mime_type.clone(),
+            kind,
+            data: a.data.clone(),
+            duration_ms: a.duration_ms,
+        });
+    }
+    if parts.is_empty() {
+        return Err(Skip::Keep("no text and no attachment".into()));
+    }
+    // Delta Chat always sets In-Reply-To to the chat's last message; only a top quote marks a reply.
+    let reply_to = parsed
+        .top_quote
+        .as_ref()
+        .and(first_parent)
+        .map(Relation::remote);
+    Ok(vec![event(
+        key,
+        EventKind::Message(MessageContent {
+            parts,
+            reply_to,
+            wants_receipt: parsed.mdn_requested_to().is_some(),
+        }),
+    )])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subject_prefixes_are_stripped() {
+        assert_eq!(chat_name_from_subject("Re: Spike Group"), "Spike Group");
+        assert_eq!(chat_name_from_subject("AW: Re: Fwd: Plans"), "Plans");
+        assert_eq!(chat_name_from_subject("Chat: hello"), "Chat: hello");
+        assert_eq!(
+            chat_name_from_subject("Meeting at 10:30"),
+            "Meeting at 10:30"
+        );
+    }
+}
