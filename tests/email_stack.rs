@@ -27,8 +27,8 @@ fn mails_of_chat(chat: &str) -> impl Fn(&[u8]) -> bool + '_ {
 async fn imap_ingest_and_smtp_send_survive_a_dovecot_restart() {
     let Some(stack) = stack() else { return };
     let _g = lock().await;
-    wipe_bridge_mailbox();
     let mut hub = Hub::new(None, Ingest::Imap);
+    hub.skip_existing_mail(None).await;
     hub.start();
     let group = format!("Restart {}", tag());
     let puppet = "xyz@bridge.example.test";
@@ -156,8 +156,8 @@ async fn imap_ingest_and_smtp_send_survive_a_dovecot_restart() {
 async fn sigkill_while_mail_arrives_and_while_the_outbox_drains_loses_and_doubles_nothing() {
     let Some(stack) = stack() else { return };
     let _g = lock().await;
-    wipe_bridge_mailbox();
     let mut hub = Hub::new(None, Ingest::Imap);
+    hub.skip_existing_mail(None).await;
     hub.start();
     let group = format!("Kill {}", tag());
     let puppet = "xyz@bridge.example.test";
@@ -275,8 +275,8 @@ async fn sigkill_while_mail_arrives_and_while_the_outbox_drains_loses_and_double
 async fn a_classic_mail_thread_keeps_its_chat_both_ways() {
     let Some(stack) = stack() else { return };
     let _g = lock().await;
-    wipe_bridge_mailbox();
     let mut hub = Hub::new(None, Ingest::Imap);
+    hub.skip_existing_mail(None).await;
     hub.start();
     let t = tag();
     let subject = format!("Lunch plans {t}");

@@ -4,7 +4,7 @@
 //! In-Reply-To / References, else chat name plus exact member set (Delta Chat's unencrypted groups carry
 //! no group id), else a new chat if the sender is allowed to open one.
 
-use crate::codec::{Mailbox, ParsedEmail};
+use crate::codec::{self, Mailbox, ParsedEmail};
 use crate::config::EmailConfig;
 use bridge_core::SideName;
 use bridge_core::ir::{
@@ -68,10 +68,25 @@ pub fn chat_name_from_subject(subject: &str) -> String {
     s.to_owned()
 }
 
-/// The person behind an address: email people are themselves; puppet addresses map to whoever we linked them to
-/// (the router finds the puppet by its email link).
-fn user(m: &Mailbox) -> UserRef {
-    UserRef::new(SideName::EMAIL, m.addr.to_ascii_lowercase(), m.name.clone())
+/// The person behind an address. A puppet address that unescapes to a Matrix user id names that Matrix
+/// user (so a Delta Chat group that includes `=40bob=3amatrix.org@bridge…` has Bob himself as member);
+/// every other address is an email person (puppet addresses the bridge handed out are found through
+/// their email link).
+pub fn person(m: &Mailbox, cfg: &EmailConfig) -> UserRef {
+    let addr = m.addr.to_ascii_lowercase();
+    if cfg.is_puppet_address(&addr)
+        && let Some((local, _)) = addr.rsplit_once('@')
+        && let Some(id) = codec::unescape_localpart(local)
+        && id.starts_with('@')
+        && id.contains(':')
+    {
+        return UserRef::new(SideName::MATRIX, id, m.name.clone());
+    }
+    UserRef::new(SideName::EMAIL, addr, m.name.clone())
+}
+
+fn person_addr(addr: &str, cfg: &EmailConfig) -> UserRef {
+    person(&Mailbox::addr_only(addr), cfg)
 }
 
 /// Maps a parsed mail to hub events (usually one; a multi-target Chat-Delete gives one per target).
@@ -110,7 +125,7 @@ pub fn to_events(
     }
 
     // Display name: Delta Chat's per-message name (From name with Sender = same account) is the From name.
-    let sender = user(from);
+    let sender = UserRef::new(SideName::EMAIL, from_addr.clone(), from.name.clone());
     let name = parsed
         .group
         .name
@@ -122,7 +137,7 @@ pub fn to_events(
     for m in parsed.to.iter().chain(parsed.cc.iter()) {
         let a = m.addr.to_ascii_lowercase();
         if a.contains('@') && a != cfg.bridge_address.to_ascii_lowercase() {
-            members.insert(UserRef::new(SideName::EMAIL, a, None));
+            members.insert(person_addr(&a, cfg));
         }
     }
     let addressed_to_bridge = parsed
@@ -144,7 +159,7 @@ pub fn to_events(
             .iter()
             .chain(parsed.cc.iter())
             .filter(|m| !m.addr.eq_ignore_ascii_case(&cfg.bridge_address))
-            .map(user)
+            .map(|m| person(m, cfg))
             .collect(),
         remote_chat_id: parsed.group.id.clone(),
     });
@@ -242,7 +257,7 @@ pub fn to_events(
         return Ok(vec![event(
             key,
             EventKind::Membership {
-                subject: UserRef::new(SideName::EMAIL, addr.to_ascii_lowercase(), None),
+                subject: person_addr(addr, cfg),
                 change: MembershipChange::Join,
             },
         )]);
@@ -251,7 +266,7 @@ pub fn to_events(
         return Ok(vec![event(
             key,
             EventKind::Membership {
-                subject: UserRef::new(SideName::EMAIL, addr.to_ascii_lowercase(), None),
+                subject: person_addr(addr, cfg),
                 change: MembershipChange::Leave,
             },
         )]);

@@ -205,6 +205,19 @@ allow_new_chats_from = ["example.test"]
         }
     }
 
+    /// Makes a new bridge skip the mail already in the shared catch-all mailbox (left by other tests),
+    /// as an operator's bridge would after its first run.
+    pub async fn skip_existing_mail(&self, db_url: Option<&str>) {
+        let (uidvalidity, uidnext) = bridge_mailbox_status();
+        let default = format!("sqlite://{}/bridge.db", self.dir.path().display());
+        let store = bridge_core::Store::open(db_url.unwrap_or(&default), 1).await.expect("open store");
+        store
+            .save_checkpoint("bridge@example.test/INBOX", uidvalidity, uidnext - 1)
+            .await
+            .expect("checkpoint");
+        store.close().await;
+    }
+
     pub fn start(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
