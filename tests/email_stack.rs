@@ -342,3 +342,55 @@ async fn a_classic_mail_thread_keeps_its_chat_both_ways() {
         assert!(String::from_utf8_lossy(m).contains("Count me in."));
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_recipient_gets_a_notice_and_the_others_still_get_the_mail() {
+    let Some(stack) = stack() else { return };
+    let _g = lock().await;
+    let mut hub = Hub::new(None, Ingest::Imap);
+    hub.skip_existing_mail(None).await;
+    hub.start();
+    let group = format!("Refused {}", tag());
+    let puppet = "xyz@bridge.example.test";
+    let id = format!("{}@example.test", tag());
+    // The header names a member the server does not know; the envelope only reaches real mailboxes.
+    let raw = group_mail(
+        ("Alice", "alice@example.test"),
+        &["bob@example.test", "nobody@example.test", puppet],
+        &group,
+        &id,
+        None,
+        "hello",
+    );
+    send_raw("alice@example.test", &["bob@example.test", puppet], &raw).await;
+    let r = hub.wait_records("the first mail", WAIT, |r| {
+        !record_texts(r, &group, "message").is_empty()
+    });
+    let chat = r
+        .iter()
+        .find(|x| x["chat_name"] == group.as_str())
+        .expect("chat")["chat"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    hub.inject(json!({"id": format!("$refused-{}", tag()), "chat": chat, "sender": "@carol:matrix.test", "sender_name": "Carol", "text": "reaches two of three"}));
+    for user in ["alice", "bob"] {
+        let from_carol = |m: &[u8]| {
+            mails_of_chat(&group)(m) && header(m, "From").is_some_and(|f| f.contains("Carol"))
+        };
+        wait_maildir(&hub, &stack, user, "Carol's mail", WAIT, from_carol, |m| {
+            m.len() == 1
+        });
+    }
+    let r = hub.wait_records("the notice", WAIT, |r| {
+        r.iter().any(|x| x["kind"] == "notice")
+    });
+    let notice = r.iter().find(|x| x["kind"] == "notice").expect("notice");
+    assert!(
+        notice["text"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("nobody@example.test"),
+        "{notice}"
+    );
+}

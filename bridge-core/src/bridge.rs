@@ -262,6 +262,9 @@ impl Bridge {
                     )
                     .await?;
                 stats.delivered += 1;
+                for n in &d.notices {
+                    self.notify_origin(side, row, &item, n).await;
+                }
                 tracing::debug!(side = %side.name(), outbox = %row.id, kind, "Delivered.");
                 Ok(true)
             }
@@ -310,22 +313,35 @@ impl Bridge {
     ) -> Result<(), StoreError> {
         tracing::warn!(side = %side.name(), outbox = %row.id, error = %message, "Delivery failed permanently.");
         self.store.finish_outbox(row, "failed", message).await?;
-        // Tell the people on the side the event came from, unless it was itself a notice.
-        if !matches!(item.event, EventKind::Notice { .. })
-            && let Some(origin) = self
-                .sides
-                .iter()
-                .find(|s| s.name().as_str() == item.origin_side)
-        {
-            let text = format!(
-                "⚠️ Could not deliver a message to {}: {message}",
-                side.name()
-            );
-            if let Err(e) = self.router.notice(row.chat_id, origin.name(), &text).await {
-                tracing::warn!(error = %e, "Could not queue the failure notice.");
-            }
-        }
+        self.notify_origin(side, row, item, message).await;
         Ok(())
+    }
+
+    /// Tells the people on the side an event came from that it could not (fully) reach `side`.
+    async fn notify_origin(
+        &self,
+        side: &dyn Side,
+        row: &OutboxRow,
+        item: &OutboxItem,
+        message: &str,
+    ) {
+        if matches!(item.event, EventKind::Notice { .. }) {
+            return;
+        }
+        let Some(origin) = self
+            .sides
+            .iter()
+            .find(|s| s.name().as_str() == item.origin_side)
+        else {
+            return;
+        };
+        let text = format!(
+            "⚠️ Could not deliver a message to {}: {message}",
+            side.name()
+        );
+        if let Err(e) = self.router.notice(row.chat_id, origin.name(), &text).await {
+            tracing::warn!(error = %e, "Could not queue the failure notice.");
+        }
     }
 
     async fn load_item(&self, side: SideName, row: &OutboxRow) -> Result<OutboxItem, StoreError> {

@@ -98,6 +98,8 @@ pub struct Delivered {
     pub chat_link: Option<String>,
     /// Ghost ids the side used for people (puppet, id on this side), so replies from them map back.
     pub puppet_links: Vec<(PuppetId, String)>,
+    /// Partial problems to tell the people on the side the event came from (e.g. one recipient refused).
+    pub notices: Vec<String>,
 }
 
 /// Why a delivery failed, classified so the hub can choose between a retry, a notice and a drop.

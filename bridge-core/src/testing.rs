@@ -100,6 +100,7 @@ impl Side for FakeSide {
                 .is_none()
                 .then(|| format!("{}-chat-{}", self.name, item.chat.group_id)),
             puppet_links: Vec::new(),
+            notices: Vec::new(),
         })
     }
 }

@@ -331,3 +331,177 @@ fn member_for<'a>(item: &'a OutboxItem, subject: &UserRef) -> Option<&'a MemberV
             || m.remote_id_here.as_deref() == Some(subject.remote_id.as_str())
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bridge_core::ir::{MessageContent, Part, Relation};
+    use bridge_core::{ChatId, ChatView, MessageId, OutboxId};
+
+    fn cfg(mode: &str) -> EmailConfig {
+        serde_json::from_value(serde_json::json!({
+            "mail_domain": "bridge.example.test",
+            "bridge_address": "bridge@example.test",
+            "bridge_name": "The Bridge",
+            "smtp_host": "127.0.0.1",
+            "mode": mode,
+        }))
+        .expect("config")
+    }
+
+    fn member(id: i64, side: &str, native: &str, name: &str, joined: bool) -> MemberView {
+        MemberView {
+            puppet_id: PuppetId(id),
+            display_name: name.into(),
+            origin_side: side.into(),
+            native_id: native.into(),
+            remote_id_here: (side == "email").then(|| native.to_owned()),
+            joined,
+            changed_ts: 100 + id,
+        }
+    }
+
+    fn item(event: EventKind) -> OutboxItem {
+        let carol = member(3, "matrix", "@carol:matrix.test", "Carol", true);
+        OutboxItem {
+            outbox_id: OutboxId(1),
+            attempts: 0,
+            chat: ChatView {
+                id: ChatId(1),
+                group_id: "g".into(),
+                name: "Spike Group".into(),
+                name_ts: 5,
+                topic: String::new(),
+                remote_chat_id: Some("g".into()),
+                members: vec![
+                    member(1, "email", "alice@example.test", "Alice", true),
+                    member(2, "email", "xyz@bridge.example.test", "XYZ", true),
+                    carol.clone(),
+                    member(4, "email", "gone@example.test", "Gone", false),
+                ],
+                thread_root: Some("root@x".into()),
+                recent: vec!["a@x".into(), "b@x".into(), "c@x".into()],
+            },
+            message_id: MessageId(9),
+            message_uuid: "uuid-9".into(),
+            origin_side: "matrix".into(),
+            sender: Some(carol),
+            ts_ms: 1_000_000,
+            event,
+        }
+    }
+
+    fn text(s: &str, reply: Option<Relation>) -> EventKind {
+        EventKind::Message(MessageContent {
+            parts: vec![Part::text(s)],
+            reply_to: reply,
+            wants_receipt: false,
+        })
+    }
+
+    #[test]
+    fn puppet_mode_sends_as_the_persons_address_only_to_email_people() {
+        let r = render(&item(text("hi", None)), &cfg("puppets")).expect("render");
+        assert_eq!(
+            r.mail.from.addr,
+            "=40carol=3amatrix.test@bridge.example.test"
+        );
+        assert_eq!(r.mail.from.name.as_deref(), Some("Carol"));
+        assert_eq!(r.mail.sender, None);
+        assert_eq!(r.envelope_from, r.mail.from.addr);
+        assert_eq!(
+            r.rcpt_to,
+            vec!["alice@example.test".to_owned()],
+            "never our own puppet addresses"
+        );
+        let to: Vec<&str> = r.mail.to.iter().map(|m| m.addr.as_str()).collect();
+        assert_eq!(
+            to,
+            ["alice@example.test", "xyz@bridge.example.test"],
+            "the member set Delta Chat sees"
+        );
+        assert_eq!(r.mail.subject, "Re: Spike Group");
+        assert_eq!(
+            r.mail.in_reply_to.as_deref(),
+            Some("c@x"),
+            "In-Reply-To the chat's latest message"
+        );
+        assert_eq!(
+            r.mail.references,
+            ["root@x", "b@x", "c@x"],
+            "root plus the last two, at most three"
+        );
+        assert_eq!(
+            r.mail.message_id, "uuid-9@bridge.example.test",
+            "stable across retries"
+        );
+        let g = r.mail.group.as_ref().expect("group headers");
+        assert_eq!(g.member_timestamps, [101, 102, 104]);
+        assert_eq!(g.past_members.len(), 1);
+        assert_eq!(
+            r.puppet_links,
+            [(
+                PuppetId(3),
+                "=40carol=3amatrix.test@bridge.example.test".to_owned()
+            )]
+        );
+    }
+
+    #[test]
+    fn relay_mode_sends_from_the_bridge_with_the_persons_name() {
+        let r = render(&item(text("hi", None)), &cfg("relay")).expect("render");
+        assert_eq!(r.mail.from.addr, "bridge@example.test");
+        assert_eq!(r.mail.from.name.as_deref(), Some("Carol"));
+        assert_eq!(
+            r.mail.sender.as_ref().map(|s| s.addr.as_str()),
+            Some("bridge@example.test")
+        );
+        let to: Vec<&str> = r.mail.to.iter().map(|m| m.addr.as_str()).collect();
+        assert_eq!(
+            to,
+            ["alice@example.test"],
+            "no puppet addresses in relay mode"
+        );
+    }
+
+    #[test]
+    fn replies_edits_and_reactions_point_at_the_email_ids() {
+        let rel = Relation {
+            remote_id: Some("orig@x".into()),
+            message_id: Some(MessageId(1)),
+            excerpt: Some("old".into()),
+            sender_name: Some("Alice".into()),
+        };
+        let r = render(&item(text("yes", Some(rel.clone()))), &cfg("puppets")).expect("reply");
+        assert_eq!(r.mail.in_reply_to.as_deref(), Some("orig@x"));
+        assert!(matches!(&r.mail.body, OutgoingBody::Text { quote: Some(q), .. } if q == "old"));
+        let e = EventKind::Edit {
+            target: rel.clone(),
+            content: MessageContent {
+                parts: vec![Part::text("new")],
+                ..MessageContent::default()
+            },
+        };
+        let r = render(&item(e), &cfg("puppets")).expect("edit");
+        assert!(
+            matches!(&r.mail.body, OutgoingBody::Edit { target_id, new_text, .. } if target_id == "orig@x" && new_text == "new")
+        );
+        let r = render(
+            &item(EventKind::Reaction {
+                target: rel,
+                key: "👍".into(),
+            }),
+            &cfg("puppets"),
+        )
+        .expect("reaction");
+        assert_eq!(r.mail.in_reply_to.as_deref(), Some("orig@x"));
+        let unknown = EventKind::Reaction {
+            target: Relation::default(),
+            key: "👍".into(),
+        };
+        assert!(
+            render(&item(unknown), &cfg("puppets")).is_err(),
+            "a reaction to a message email never saw is skipped"
+        );
+    }
+}

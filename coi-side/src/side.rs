@@ -109,6 +109,12 @@ impl Side for EmailSide {
         };
         let bytes = codec::build(&rendered.mail)
             .map_err(|e| SideError::Permanent(format!("cannot build the mail: {e}")))?;
+        let delivered = |notices| Delivered {
+            links: vec![(String::new(), rendered.mail.message_id.clone())],
+            chat_link: None,
+            puppet_links: rendered.puppet_links.clone(),
+            notices,
+        };
         match self
             .smtp
             .send(&rendered.envelope_from, &rendered.rcpt_to, &bytes)
@@ -116,11 +122,27 @@ impl Side for EmailSide {
         {
             Ok(()) => {
                 tracing::debug!(message_id = %rendered.mail.message_id, rcpts = rendered.rcpt_to.len(), "Mail sent.");
-                Ok(Delivered {
-                    links: vec![(String::new(), rendered.mail.message_id.clone())],
-                    chat_link: None,
-                    puppet_links: rendered.puppet_links,
-                })
+                Ok(delivered(Vec::new()))
+            }
+            // One refused recipient must not keep the mail from the others: send to each alone.
+            Err(e) if e.is_permanent() && rendered.rcpt_to.len() > 1 => {
+                let mut refused = Vec::new();
+                for rcpt in &rendered.rcpt_to {
+                    match self
+                        .smtp
+                        .send(&rendered.envelope_from, std::slice::from_ref(rcpt), &bytes)
+                        .await
+                    {
+                        Ok(()) => {}
+                        Err(e) if e.is_permanent() => refused.push(format!("{rcpt}: {e}")),
+                        Err(e) => return Err(SideError::retry(e.to_string())),
+                    }
+                }
+                if refused.len() == rendered.rcpt_to.len() {
+                    return Err(SideError::Permanent(refused.join("; ")));
+                }
+                tracing::warn!(message_id = %rendered.mail.message_id, ?refused, "Some recipients refused the mail.");
+                Ok(delivered(refused))
             }
             Err(e) if e.is_permanent() => Err(SideError::Permanent(e.to_string())),
             Err(e) => Err(SideError::retry(e.to_string())),

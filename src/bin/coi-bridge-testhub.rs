@@ -97,6 +97,7 @@ impl Side for RecordingSide {
             links: vec![(String::new(), link)],
             chat_link,
             puppet_links: Vec::new(),
+            notices: Vec::new(),
         })
     }
 }
