@@ -48,6 +48,32 @@ pub fn wipe_bridge_mailbox() {
     assert!(st.success(), "doveadm expunge failed");
 }
 
+/// UIDVALIDITY and UIDNEXT of the bridge's catch-all INBOX.
+pub fn bridge_mailbox_status() -> (i64, i64) {
+    let out = Command::new("doveadm")
+        .args([
+            "-f",
+            "flow",
+            "mailbox",
+            "status",
+            "-u",
+            "bridge@example.test",
+            "uidvalidity uidnext",
+            "INBOX",
+        ])
+        .output()
+        .expect("run doveadm");
+    assert!(out.status.success(), "doveadm mailbox status failed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |name: &str| -> i64 {
+        text.split_whitespace()
+            .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in doveadm output {text:?}"))
+    };
+    (field("uidvalidity"), field("uidnext"))
+}
+
 /// A random tag to keep tests apart.
 pub fn tag() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..10].to_owned()
@@ -210,7 +236,9 @@ allow_new_chats_from = ["example.test"]
     pub async fn skip_existing_mail(&self, db_url: Option<&str>) {
         let (uidvalidity, uidnext) = bridge_mailbox_status();
         let default = format!("sqlite://{}/bridge.db", self.dir.path().display());
-        let store = bridge_core::Store::open(db_url.unwrap_or(&default), 1).await.expect("open store");
+        let store = bridge_core::Store::open(db_url.unwrap_or(&default), 1)
+            .await
+            .expect("open store");
         store
             .save_checkpoint("bridge@example.test/INBOX", uidvalidity, uidnext - 1)
             .await
