@@ -394,3 +394,68 @@ async fn a_refused_recipient_gets_a_notice_and_the_others_still_get_the_mail() {
         "{notice}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lmtp_ingest_commits_before_250_and_loses_nothing_while_the_bridge_is_down() {
+    let Some(_stack) = stack() else { return };
+    let _g = lock().await;
+    let mut hub = Hub::new(None, Ingest::Lmtp);
+    hub.start();
+    let group = format!("Lmtp {}", tag());
+    let puppet = format!("xyz@{LMTP_DOMAIN}");
+    let root = format!("{}@example.test", tag());
+    let send = |i: usize, body: String| {
+        let id = if i == 0 {
+            root.clone()
+        } else {
+            format!("{}-{i}@example.test", tag())
+        };
+        let parent = (i > 0).then(|| root.clone());
+        let raw = group_mail(
+            ("Alice", "alice@example.test"),
+            &["bob@example.test", &puppet],
+            &group,
+            &id,
+            parent.as_deref(),
+            &body,
+        );
+        let puppet = puppet.clone();
+        async move { send_raw("alice@example.test", &["bob@example.test", &puppet], &raw).await }
+    };
+    // The listener may take a moment to bind; Postfix defers until it does.
+    for i in 0..3 {
+        send(i, format!("up {i}")).await;
+    }
+    flush_postfix_queue();
+    hub.wait_records("3 mails over LMTP", WAIT, |r| {
+        record_texts(r, &group, "message").len() >= 3
+    });
+    // Bridge down: Postfix keeps the mail (LMTP connection refused → deferred), nothing is lost.
+    hub.kill();
+    for i in 3..6 {
+        send(i, format!("down {i}")).await;
+    }
+    hub.start();
+    let start = std::time::Instant::now();
+    let r = loop {
+        flush_postfix_queue();
+        let r = hub.records();
+        if record_texts(&r, &group, "message").len() >= 6 || start.elapsed() > WAIT {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let c = counts(record_texts(&r, &group, "message"));
+    let want: Vec<String> = (0..3)
+        .map(|i| format!("up {i}"))
+        .chain((3..6).map(|i| format!("down {i}")))
+        .collect();
+    assert_eq!(
+        c.keys().cloned().collect::<Vec<_>>().len(),
+        6,
+        "all six arrived: {c:?}"
+    );
+    for w in want {
+        assert_eq!(c.get(&w), Some(&1), "{w} exactly once: {c:?}");
+    }
+}

@@ -195,10 +195,16 @@ impl Store {
     }
 
     /// Starts a transaction.
+    ///
+    /// On SQLite the transaction takes the write lock at once (`BEGIN IMMEDIATE`): a deferred transaction
+    /// that reads first and writes later fails with "database is locked" instead of waiting when another
+    /// writer got in between, which concurrent ingest (LMTP) would hit.
     pub async fn begin(&self) -> Result<StoreTx> {
-        Ok(StoreTx {
-            tx: self.pool.begin().await?,
-        })
+        let tx = match self.dialect {
+            Dialect::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Dialect::Postgres => self.pool.begin().await?,
+        };
+        Ok(StoreTx { tx })
     }
 
     /// Closes the pool.

@@ -12,6 +12,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub const MAIL_DOMAIN: &str = "bridge.example.test";
+/// Postfix delivers this domain straight to the bridge's LMTP listener (127.0.0.1:2424).
+pub const LMTP_DOMAIN: &str = "lmtp.example.test";
 
 /// The stack, or None (with the reason printed) when it is not up.
 pub fn stack() -> Option<PathBuf> {
@@ -187,9 +189,9 @@ impl Hub {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("bridge.toml");
         let db = db_url.unwrap_or_else(|| format!("sqlite://{}/bridge.db", dir.path().display()));
-        let ingest = match ingest {
-            Ingest::Imap => "imap",
-            Ingest::Lmtp => "lmtp",
+        let (ingest, mail_domain) = match ingest {
+            Ingest::Imap => ("imap", MAIL_DOMAIN),
+            Ingest::Lmtp => ("lmtp", LMTP_DOMAIN),
         };
         std::fs::write(
             &config,
@@ -199,7 +201,7 @@ url = "{db}"
 [logging]
 level = "info,coi_side=debug,bridge_core=debug"
 [email]
-mail_domain = "{MAIL_DOMAIN}"
+mail_domain = "{mail_domain}"
 bridge_address = "bridge@example.test"
 ingest = "{ingest}"
 lmtp_listen = "127.0.0.1:2424"
@@ -369,6 +371,15 @@ pub fn counts<I: IntoIterator<Item = String>>(it: I) -> BTreeMap<String, usize> 
         *m.entry(v).or_insert(0) += 1;
     }
     m
+}
+
+/// Asks Postfix to retry deferred mail now.
+pub fn flush_postfix_queue() {
+    let _ = Command::new("postqueue")
+        .arg("-f")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
 }
 
 /// Restarts Dovecot and waits until IMAP answers again.
