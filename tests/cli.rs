@@ -1,0 +1,156 @@
+//! The command line: example config, config checking with clear errors, migrations.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Command;
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_coi-bridge"));
+    // The environment must not leak overrides into these tests.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("COI_BRIDGE") {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
+fn example_with_secrets(dir: &std::path::Path) -> std::path::PathBuf {
+    let out = bin().arg("example-config").output().expect("run");
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).expect("utf8");
+    std::fs::write(dir.join("imap"), "imap-secret\n").expect("secret");
+    std::fs::write(dir.join("smtp"), "smtp-secret\n").expect("secret");
+    let text = text
+        .replace(
+            "/run/secrets/coi-bridge-imap",
+            &dir.join("imap").display().to_string(),
+        )
+        .replace(
+            "/run/secrets/coi-bridge-smtp",
+            &dir.join("smtp").display().to_string(),
+        )
+        .replace("sqlite://coi-bridge.db", "sqlite://bridge.db");
+    let path = dir.join("config.toml");
+    std::fs::write(&path, text).expect("write");
+    path
+}
+
+#[test]
+fn the_example_config_is_valid_once_its_secrets_exist() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = example_with_secrets(dir.path());
+    let out = bin()
+        .arg("check-config")
+        .arg("-c")
+        .arg(&path)
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Without the secret files the error names the key.
+    std::fs::remove_file(dir.path().join("imap")).expect("rm");
+    let out = bin()
+        .arg("check-config")
+        .arg("-c")
+        .arg(&path)
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("email.imap_password_file"), "{err}");
+}
+
+#[test]
+fn bad_values_and_unknown_keys_are_named() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = example_with_secrets(dir.path());
+    let good = std::fs::read_to_string(&path).expect("read");
+    for (from, to, key) in [
+        (
+            "imap_security = \"tls\"",
+            "imap_security = \"bogus\"",
+            "email.imap_security",
+        ),
+        (
+            "mail_domain = \"bridge.example.org\"",
+            "mail_domain = \"not a domain\"",
+            "email.mail_domain",
+        ),
+        (
+            "url = \"sqlite://bridge.db\"",
+            "url = \"mysql://x\"",
+            "database.url",
+        ),
+        (
+            "max_mime_depth = 16",
+            "max_mime_depth = 16\nmax_mime_dept = 3",
+            "max_mime_dept",
+        ),
+    ] {
+        std::fs::write(&path, good.replace(from, to)).expect("write");
+        let out = bin()
+            .arg("check-config")
+            .arg("-c")
+            .arg(&path)
+            .output()
+            .expect("run");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{to} accepted");
+        assert!(
+            err.contains(key),
+            "error for {to:?} does not name {key}: {err}"
+        );
+    }
+}
+
+#[test]
+fn environment_overrides_any_key() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = example_with_secrets(dir.path());
+    let out = bin()
+        .arg("check-config")
+        .arg("-c")
+        .arg(&path)
+        .env("COI_BRIDGE__EMAIL__IMAP_PORT", "not-a-port")
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("email.imap_port"));
+    let out = bin()
+        .arg("check-config")
+        .arg("-c")
+        .arg(&path)
+        .env("COI_BRIDGE__EMAIL__MAIL_DOMAIN", "puppets.example.net")
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn migrate_creates_the_sqlite_database() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = example_with_secrets(dir.path());
+    let out = bin()
+        .arg("migrate")
+        .arg("-c")
+        .arg(&path)
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        dir.path().join("bridge.db").exists(),
+        "relative sqlite paths are relative to the config file"
+    );
+}
