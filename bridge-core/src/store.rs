@@ -270,6 +270,36 @@ impl Store {
         Ok(())
     }
 
+    // ---- Autocrypt ----
+
+    /// Keeps the newest Autocrypt key of an address (`ts` in Unix seconds; older headers do not win).
+    pub async fn save_autocrypt(&self, addr: &str, keydata: &[u8], prefer_encrypt_mutual: bool, ts: i64) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO autocrypt_peer (addr, keydata, prefer_encrypt_mutual, last_seen) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (addr) DO UPDATE SET keydata = excluded.keydata, prefer_encrypt_mutual = excluded.prefer_encrypt_mutual, \
+             last_seen = excluded.last_seen WHERE autocrypt_peer.last_seen <= excluded.last_seen",
+        )
+        .bind(addr)
+        .bind(keydata.to_vec())
+        .bind(i64::from(prefer_encrypt_mutual))
+        .bind(ts)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The stored Autocrypt key of an address: (keydata, prefer-encrypt=mutual).
+    pub async fn autocrypt(&self, addr: &str) -> Result<Option<(Vec<u8>, bool)>> {
+        let row = sqlx::query("SELECT keydata, prefer_encrypt_mutual FROM autocrypt_peer WHERE addr = $1")
+            .bind(addr)
+            .fetch_optional(&self.pool)
+            .await?;
+        match row {
+            Some(r) => Ok(Some((r.try_get(0)?, r.try_get::<i64, _>(1)? != 0))),
+            None => Ok(None),
+        }
+    }
+
     // ---- quarantine ----
 
     /// Keeps an input that could not be placed. Returns false if the same (side, remote id, reason) is already kept.

@@ -203,6 +203,18 @@ impl InboundSink for MailSink {
             }
         };
         let key = mail_key(&parsed, raw);
+        // Keep the sender's Autocrypt key (only when it is for the From address, as Autocrypt requires).
+        if let (Some(ac), Some(from)) = (&parsed.autocrypt, &parsed.from)
+            && ac.addr.eq_ignore_ascii_case(&from.addr)
+            && !ac.keydata.is_empty()
+        {
+            let ts = parsed.date_unix.unwrap_or_else(|| now_ms() / 1000);
+            self.router
+                .store()
+                .save_autocrypt(&from.addr.to_ascii_lowercase(), &ac.keydata, ac.prefer_encrypt_mutual, ts)
+                .await
+                .map_err(|e| IngestError::Transient(e.to_string()))?;
+        }
         for w in &parsed.warnings {
             tracing::info!(message_id = %key, warning = %w, "Mail parsed with a warning.");
         }

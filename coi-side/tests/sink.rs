@@ -36,7 +36,13 @@ fn mail(raw: Vec<u8>) -> InboundMail {
 }
 
 fn fixture(dir: &str, name: &str) -> Vec<u8> {
-    std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata").join(dir).join(name)).expect("fixture")
+    std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("testdata")
+            .join(dir)
+            .join(name),
+    )
+    .expect("fixture")
 }
 
 async fn setup() -> (TestBridge, MailSink, Store) {
@@ -63,44 +69,112 @@ async fn delta_chat_fixtures_become_one_chat_with_relations() {
         "11-alice-member-removed-abc-2.eml",
     ];
     for f in files {
-        sink.accept(mail(fixture("deltachat-2.65", f))).await.unwrap_or_else(|e| panic!("{f}: {e}"));
+        sink.accept(mail(fixture("deltachat-2.65", f)))
+            .await
+            .unwrap_or_else(|e| panic!("{f}: {e}"));
     }
     t.bridge.drain_once(SideName::MATRIX).await.expect("drain");
     let d = t.side("matrix").expect("side").delivered();
     let kinds: Vec<&str> = d.iter().map(|i| i.event.name()).collect();
     assert_eq!(
         kinds,
-        ["message", "message", "reaction", "edit", "message", "membership", "chat_info", "membership"],
+        [
+            "message",
+            "message",
+            "reaction",
+            "edit",
+            "message",
+            "membership",
+            "chat_info",
+            "membership"
+        ],
         "each mail once; the second copies (one per puppet recipient) are duplicates"
     );
     let chats: std::collections::BTreeSet<_> = d.iter().map(|i| i.chat.id).collect();
     assert_eq!(chats.len(), 1, "all in the same chat");
     let first = format!("matrix-{}", d[0].message_uuid);
-    let EventKind::Message(reply) = &d[1].event else { panic!() };
-    assert_eq!(reply.reply_to.as_ref().and_then(|r| r.remote_id.as_deref()), Some(first.as_str()), "quote-reply");
+    let EventKind::Message(reply) = &d[1].event else {
+        panic!()
+    };
+    assert_eq!(
+        reply.reply_to.as_ref().and_then(|r| r.remote_id.as_deref()),
+        Some(first.as_str()),
+        "quote-reply"
+    );
     assert_eq!(reply.text(), "Reply from Bob (quoting Alice).");
-    let EventKind::Reaction { target, key } = &d[2].event else { panic!() };
-    assert_eq!((target.remote_id.as_deref(), key.as_str()), (Some(first.as_str()), "👍"));
-    let EventKind::Edit { target, content } = &d[3].event else { panic!() };
+    let EventKind::Reaction { target, key } = &d[2].event else {
+        panic!()
+    };
+    assert_eq!(
+        (target.remote_id.as_deref(), key.as_str()),
+        (Some(first.as_str()), "👍")
+    );
+    let EventKind::Edit { target, content } = &d[3].event else {
+        panic!()
+    };
     assert_eq!(target.remote_id.as_deref(), Some(first.as_str()));
     assert_eq!(content.text(), "Hello group, this is Alice (EDITED).");
-    let EventKind::Message(img) = &d[4].event else { panic!() };
+    let EventKind::Message(img) = &d[4].event else {
+        panic!()
+    };
     assert!(img.parts.iter().any(|p| matches!(p, bridge_core::ir::Part::Attachment { mime_type, .. } if mime_type == "image/jpeg")));
-    let EventKind::Membership { subject, change } = &d[5].event else { panic!() };
-    assert_eq!((subject.remote_id.as_str(), *change), ("abc@bridge.example.test", MembershipChange::Join));
-    let EventKind::ChatInfo { name, .. } = &d[6].event else { panic!() };
+    let EventKind::Membership { subject, change } = &d[5].event else {
+        panic!()
+    };
+    assert_eq!(
+        (subject.remote_id.as_str(), *change),
+        ("abc@bridge.example.test", MembershipChange::Join)
+    );
+    let EventKind::ChatInfo { name, .. } = &d[6].event else {
+        panic!()
+    };
     assert_eq!(name.as_deref(), Some("Spike Group renamed"));
-    assert!(matches!(&d[7].event, EventKind::Membership { change: MembershipChange::Leave, .. }));
-    assert_eq!(d[0].sender.as_ref().map(|s| s.native_id.as_str()), Some("alice@example.test"));
-    assert_eq!(d[1].sender.as_ref().map(|s| s.display_name.as_str()), Some("Bob"));
-    assert_eq!(store.quarantine_count(SideName::EMAIL).await.expect("count"), 0);
+    assert!(matches!(
+        &d[7].event,
+        EventKind::Membership {
+            change: MembershipChange::Leave,
+            ..
+        }
+    ));
+    assert_eq!(
+        d[0].sender.as_ref().map(|s| s.native_id.as_str()),
+        Some("alice@example.test")
+    );
+    assert_eq!(
+        d[1].sender.as_ref().map(|s| s.display_name.as_str()),
+        Some("Bob")
+    );
+    assert_eq!(
+        store
+            .quarantine_count(SideName::EMAIL)
+            .await
+            .expect("count"),
+        0
+    );
+    let (key, mutual) = store
+        .autocrypt("alice@example.test")
+        .await
+        .expect("q")
+        .expect("Alice's Autocrypt key kept");
+    assert!(key.len() > 100 && mutual, "{} bytes", key.len());
 }
 
 #[tokio::test]
 async fn encrypted_mail_is_kept_with_its_reason() {
     let (_t, sink, store) = setup().await;
-    sink.accept(mail(fixture("deltachat-2.65", "12-encrypted-msg-as-seen-in-bob-inbox.eml"))).await.expect("accept");
-    assert_eq!(store.quarantine_count(SideName::EMAIL).await.expect("count"), 1);
+    sink.accept(mail(fixture(
+        "deltachat-2.65",
+        "12-encrypted-msg-as-seen-in-bob-inbox.eml",
+    )))
+    .await
+    .expect("accept");
+    assert_eq!(
+        store
+            .quarantine_count(SideName::EMAIL)
+            .await
+            .expect("count"),
+        1
+    );
 }
 
 #[tokio::test]
@@ -111,15 +185,21 @@ async fn hostile_mail_never_fails_the_sink_and_is_kept() {
     for e in std::fs::read_dir(dir).expect("dir") {
         let path = e.expect("entry").path();
         let raw = std::fs::read(&path).expect("read");
-        sink.accept(mail(raw)).await.unwrap_or_else(|err| panic!("{}: {err}", path.display()));
+        sink.accept(mail(raw))
+            .await
+            .unwrap_or_else(|err| panic!("{}: {err}", path.display()));
         n += 1;
     }
     // Garbage, a forged bridge sender, a 1,000-deep MIME bomb and an oversized attachment.
     let garbage = b"\x00\x01\x02 not a mail \xff\xfe".to_vec();
     let forged = b"From: Carol <=40carol=3amatrix.test@bridge.example.test>\r\nTo: alice@example.test\r\nMessage-ID: <forged-1@evil.example>\r\nSubject: hi\r\n\r\nI am not Carol\r\n".to_vec();
-    let mut bomb = String::from("From: a@example.test\r\nTo: xyz@bridge.example.test\r\nMessage-ID: <bomb@x>\r\nMIME-Version: 1.0\r\n");
+    let mut bomb = String::from(
+        "From: a@example.test\r\nTo: xyz@bridge.example.test\r\nMessage-ID: <bomb@x>\r\nMIME-Version: 1.0\r\n",
+    );
     for i in 0..1000 {
-        bomb.push_str(&format!("Content-Type: multipart/mixed; boundary=\"b{i}\"\r\n\r\n--b{i}\r\n"));
+        bomb.push_str(&format!(
+            "Content-Type: multipart/mixed; boundary=\"b{i}\"\r\n\r\n--b{i}\r\n"
+        ));
     }
     bomb.push_str("Content-Type: text/plain\r\n\r\ndeep\r\n");
     let big = {
@@ -138,10 +218,25 @@ async fn hostile_mail_never_fails_the_sink_and_is_kept() {
         sink.accept(mail(raw)).await.expect("accepted and kept");
         n += 1;
     }
-    let kept = store.quarantine_count(SideName::EMAIL).await.expect("count");
-    assert!(kept >= 4, "the four generated mails are kept, got {kept} of {n}");
-    let forged_reasons = store.quarantine_reasons(SideName::EMAIL, "forged-1@evil.example").await.expect("reasons");
-    assert!(forged_reasons.iter().any(|r| r.contains("forged")), "{forged_reasons:?}");
+    let kept = store
+        .quarantine_count(SideName::EMAIL)
+        .await
+        .expect("count");
+    assert!(
+        kept >= 4,
+        "the four generated mails are kept, got {kept} of {n}"
+    );
+    let forged_reasons = store
+        .quarantine_reasons(SideName::EMAIL, "forged-1@evil.example")
+        .await
+        .expect("reasons");
+    assert!(
+        forged_reasons.iter().any(|r| r.contains("forged")),
+        "{forged_reasons:?}"
+    );
     // Nothing from a stranger domain opened a chat.
-    assert!(store.chats().await.expect("chats").is_empty(), "no chat from hostile senders");
+    assert!(
+        store.chats().await.expect("chats").is_empty(),
+        "no chat from hostile senders"
+    );
 }
