@@ -29,6 +29,9 @@
 #       envelope recipient is the puppet (one LMTP transaction per recipient). Mail for
 #       example.test users still goes to Dovecot. Mail waits in the Postfix queue while
 #       nothing listens there.
+#   Always (independent of COI_LMTP): *@lmtp.example.test goes to lmtp:inet:$COI_LMTP_ADDR,
+#       a dedicated LMTP-ingest domain (benchmarks, LMTP tests: mail_domain = "lmtp.example.test",
+#       ingest = "lmtp"); bridge.example.test keeps its Dovecot route.
 # Environment (all optional):
 #   COI_STACK_DIR   state: logs, Maildirs, bridge.toml, bridge.db   (/var/tmp/coi-stack)
 #   COI_VENV        Python venv with deltachat-rpc-server/-client    (/root/.cache/coi-venv)
@@ -50,6 +53,7 @@ DC_VERSION=2.65.0
 
 MAIL_DOMAIN=example.test
 BRIDGE_DOMAIN=bridge.example.test
+LMTP_DOMAIN=lmtp.example.test
 USERS=(alice bob carol dave bridge)
 VMAIL="$STATE/vmail"
 LOGDIR="$STATE/log"
@@ -186,21 +190,16 @@ maillog_file = $LOGDIR/postfix.log
 maillog_file_prefixes = /var, /dev/stdout, $STATE
 
 # virtual domains, delivered to Dovecot over LMTP; @$BRIDGE_DOMAIN is a catch-all
-virtual_mailbox_domains = $MAIL_DOMAIN, $BRIDGE_DOMAIN
+virtual_mailbox_domains = $MAIL_DOMAIN, $BRIDGE_DOMAIN, $LMTP_DOMAIN
 virtual_mailbox_maps = texthash:/etc/postfix/vmailbox
 virtual_alias_maps =
 virtual_transport = lmtp:unix:private/dovecot-lmtp
 EOF
-    if [ "$LMTP" = 1 ]; then
-        cat >>"$stage/main.cf" <<EOF
-# COI_LMTP=1: puppet mail goes straight to the bridge's LMTP listener ($LMTP_ADDR)
+    cat >>"$stage/main.cf" <<EOF
+# @$LMTP_DOMAIN always, and @$BRIDGE_DOMAIN with COI_LMTP=1, go straight to the bridge's
+# LMTP listener ($LMTP_ADDR)
 transport_maps = texthash:/etc/postfix/coi-transport
 EOF
-    else
-        cat >>"$stage/main.cf" <<EOF
-# COI_LMTP=1 would add: transport_maps = texthash:/etc/postfix/coi-transport
-EOF
-    fi
     cat >>"$stage/main.cf" <<EOF
 
 # SASL via Dovecot (used by submission/submissions in master.cf)
@@ -252,11 +251,14 @@ EOF
         for u in "${USERS[@]}"; do printf '%-24s ok\n' "$u@$MAIL_DOMAIN"; done
         echo "# catch-all for bridge puppets, passed to LMTP unchanged"
         printf '%-24s ok\n' "@$BRIDGE_DOMAIN"
+        echo "# catch-all of the LMTP-ingest domain (transport_maps: the bridge's LMTP listener)"
+        printf '%-24s ok\n' "@$LMTP_DOMAIN"
     } >"$stage/vmailbox"
     {
         echo "$MARK"
-        echo "# used only with COI_LMTP=1 (transport_maps in main.cf)"
-        echo "$BRIDGE_DOMAIN lmtp:inet:$LMTP_ADDR"
+        echo "# transport_maps in main.cf: $LMTP_DOMAIN always, $BRIDGE_DOMAIN only with COI_LMTP=1"
+        echo "$LMTP_DOMAIN lmtp:inet:$LMTP_ADDR"
+        if [ "$LMTP" = 1 ]; then echo "$BRIDGE_DOMAIN lmtp:inet:$LMTP_ADDR"; fi
     } >"$stage/coi-transport"
 
     local f
@@ -282,6 +284,9 @@ info_log_path = $LOGDIR/dovecot.log
 
 disable_plaintext_auth = no
 auth_mechanisms = plain login
+# the default lacks '=': the escape of Matrix puppet addresses (=40carol=3amatrix.test@...),
+# which LMTP would then reject as "User doesn't exist"
+auth_username_chars = abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ01234567890.-_@=
 passdb {
   driver = passwd-file
   args = scheme=PLAIN username_format=%u /etc/dovecot/users
@@ -577,6 +582,7 @@ print_env() {
     q COI_IMAPS_PORT 993
     q COI_MAIL_DOMAIN "$MAIL_DOMAIN"
     q COI_BRIDGE_DOMAIN "$BRIDGE_DOMAIN"
+    q COI_LMTP_DOMAIN "$LMTP_DOMAIN"
     q COI_USERS "${USERS[*]}"
     for u in "${USERS[@]}"; do q "COI_${u^^}_PASSWORD" "${u}pass"; done
     q COI_BRIDGE_ADDR "bridge@$MAIL_DOMAIN"
@@ -595,6 +601,7 @@ coi test stack is up (state: $STATE, logs: $LOGDIR)
   IMAP        127.0.0.1:143 (STARTTLS optional), 127.0.0.1:993 (TLS); self-signed cert
   users       $(for u in "${USERS[@]}"; do printf '%s@%s/%spass  ' "$u" "$MAIL_DOMAIN" "$u"; done)
   puppets     *@$BRIDGE_DOMAIN -> $([ "$LMTP" = 1 ] && echo "LMTP $LMTP_ADDR (COI_LMTP=1)" || echo "INBOX of bridge@$MAIL_DOMAIN ($VMAIL/$MAIL_DOMAIN/bridge/Maildir)")
+  lmtp ingest *@$LMTP_DOMAIN -> LMTP $LMTP_ADDR (always)
   PostgreSQL  postgres://$PG_USER@127.0.0.1:$(pg_port)/test
   Delta Chat  $VENV/bin/python $REPO_DIR/tests/peers/dcpeer.py  (JSON lines on stdin/stdout)
   test env    eval "\$($SCRIPT_DIR/stack.sh env)"
@@ -645,7 +652,7 @@ cmd_status() {
     local open=() closed=()
     for p in "${MAIL_PORTS[@]}"; do if port_open "$p"; then open+=("$p"); else closed+=("$p"); fi; done
     echo "mail ports: open ${open[*]:-none}${closed:+; closed ${closed[*]}}"
-    if grep -q '^transport_maps' /etc/postfix/main.cf 2>/dev/null; then echo "puppets:    LMTP to the bridge ($(awk '{print $2}' /etc/postfix/coi-transport | tail -n1))"
+    if grep -q "^$BRIDGE_DOMAIN " /etc/postfix/coi-transport 2>/dev/null; then echo "puppets:    LMTP to the bridge ($(awk -v d="$BRIDGE_DOMAIN" '$1 == d {print $2}' /etc/postfix/coi-transport))"
     else echo "puppets:    Dovecot INBOX of bridge@$MAIL_DOMAIN"; fi
     if pg_isready -q -h 127.0.0.1 -p "$(pg_port)" 2>/dev/null; then
         pg_user && echo "postgresql: running (user $PG_USER)" || echo "postgresql: running (no trust login)"

@@ -65,7 +65,9 @@ impl DcPeer {
             next_id: 0,
             _dir: dir,
         };
-        let ready = peer.read(WAIT).unwrap_or_else(|e| panic!("dcpeer start: {e}"));
+        let ready = peer
+            .read(WAIT)
+            .unwrap_or_else(|e| panic!("dcpeer start: {e}"));
         assert_eq!(ready["ready"], true, "dcpeer ready line: {ready}");
         eprintln!("dcpeer ready, core {}", ready["core_version"]);
         peer
@@ -79,22 +81,31 @@ impl DcPeer {
         serde_json::from_str(&line).map_err(|e| format!("bad reply line {line:?}: {e}"))
     }
 
-    /// Sends one command and returns its reply; panics (with the peer's log) on any error.
-    fn call(&mut self, mut req: Value) -> Value {
+    /// Sends one command and returns its reply, or dcpeer's error.
+    fn try_call(&mut self, mut req: Value) -> Result<Value, String> {
         self.next_id += 1;
         let id = self.next_id;
         req["id"] = json!(id);
         // dcpeer applies its own timeouts to waiting commands; allow some slack on top.
         let timeout = Duration::from_secs_f64(req["timeout"].as_f64().unwrap_or(30.0) + 30.0);
-        let stdin = self.stdin.as_mut().expect("dcpeer stdin");
-        writeln!(stdin, "{req}").expect("write to dcpeer");
-        stdin.flush().expect("flush dcpeer stdin");
-        let reply = self
-            .read(timeout)
-            .unwrap_or_else(|e| panic!("{} failed: {e}", req["cmd"]));
-        assert_eq!(reply["id"], json!(id), "reply out of order: {reply}");
-        assert_eq!(reply["ok"], true, "{} failed: {reply}", req["cmd"]);
-        reply
+        let stdin = self.stdin.as_mut().ok_or("dcpeer stdin closed")?;
+        writeln!(stdin, "{req}").map_err(|e| format!("write to dcpeer: {e}"))?;
+        stdin
+            .flush()
+            .map_err(|e| format!("flush dcpeer stdin: {e}"))?;
+        let reply = self.read(timeout)?;
+        if reply["id"] != json!(id) {
+            return Err(format!("reply out of order: {reply}"));
+        }
+        if reply["ok"] != true {
+            return Err(format!("{} failed: {reply}", req["cmd"]));
+        }
+        Ok(reply)
+    }
+
+    /// Like [`DcPeer::try_call`]; panics (the peer's log is printed on drop) on any error.
+    fn call(&mut self, req: Value) -> Value {
+        self.try_call(req).unwrap_or_else(|e| panic!("{e}"))
     }
 
     fn log_tail(&self, n: usize) -> String {
@@ -132,7 +143,7 @@ impl Drop for BridgeLogOnPanic<'_> {
     }
 }
 
-fn find<'a>(records: &'a [Value], pred: impl Fn(&Value) -> bool) -> Option<&'a Value> {
+fn find(records: &[Value], pred: impl Fn(&Value) -> bool) -> Option<&Value> {
     records.iter().find(|r| pred(r))
 }
 
@@ -156,20 +167,20 @@ fn wait_message(
         if pred(&m) {
             return m;
         }
-        assert!(start.elapsed() < WAIT, "timed out waiting for {what}: {m:#}");
+        assert!(
+            start.elapsed() < WAIT,
+            "timed out waiting for {what}: {m:#}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
 
-/// The chats of `account` named `name`.
-fn chats_named(peer: &mut DcPeer, account: &Value, name: &str) -> Vec<Value> {
+/// The chats of `account` (device and self chats left out).
+fn chat_list(peer: &mut DcPeer, account: &Value) -> Vec<Value> {
     peer.call(json!({"cmd": "chat_list", "account_id": account}))["chats"]
         .as_array()
         .expect("chats")
-        .iter()
-        .filter(|c| c["name"] == name)
-        .cloned()
-        .collect()
+        .clone()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -200,12 +211,18 @@ async fn a_delta_chat_group_with_a_matrix_puppet_keeps_one_chat_and_its_relation
     let bob = dc.call(json!({"cmd": "add_account", "addr": "bob@example.test", "password": "bobpass", "name": "Bob"}))["account_id"].clone();
     let alice_chat = dc.call(json!({"cmd": "create_group", "account_id": alice, "name": group,
         "members": [{"addr": "bob@example.test", "name": "Bob"}, {"addr": carol, "name": "Carol (Matrix)"}]}))["chat_id"].clone();
-    eprintln!("[{:>6.2?}] accounts ready, group {group:?} is chat {alice_chat} at Alice", t0.elapsed());
+    eprintln!(
+        "[{:>6.2?}] accounts ready, group {group:?} is chat {alice_chat} at Alice",
+        t0.elapsed()
+    );
 
     // 2. Alice writes; Bob quote-replies and reacts 👍.
     let alice_text = format!("Hello from Alice {t}");
     let sent = Instant::now();
-    let alice_msg = dc.call(json!({"cmd": "send_text", "account_id": alice, "chat_id": alice_chat, "text": alice_text}))["msg_id"].clone();
+    let alice_msg = dc.call(
+        json!({"cmd": "send_text", "account_id": alice, "chat_id": alice_chat, "text": alice_text}),
+    )["msg_id"]
+        .clone();
     let at_bob = dc.call(
         json!({"cmd": "wait_messages", "account_id": bob, "count": 1, "timeout": WAIT.as_secs()}),
     );
@@ -215,36 +232,79 @@ async fn a_delta_chat_group_with_a_matrix_puppet_keeps_one_chat_and_its_relation
     .unwrap_or_else(|| panic!("Alice's message at Bob: {at_bob:#}"))
     .clone();
     let bob_chat = alice_msg_at_bob["chat_id"].clone();
-    eprintln!("[{:>6.2?}] Alice → Bob (DC) took {:?}", t0.elapsed(), sent.elapsed());
+    eprintln!(
+        "[{:>6.2?}] Alice → Bob (DC) took {:?}",
+        t0.elapsed(),
+        sent.elapsed()
+    );
     let bob_text = format!("Bob agrees {t}");
     let bob_msg = dc.call(json!({"cmd": "send_text", "account_id": bob, "chat_id": bob_chat, "text": bob_text, "quote_msg_id": alice_msg_at_bob["msg_id"]}))["msg_id"].clone();
     dc.call(json!({"cmd": "send_reaction", "account_id": bob, "msg_id": alice_msg_at_bob["msg_id"], "emoji": "👍"}));
 
-    let r = hub.wait_records("Alice's message, Bob's reply and Bob's reaction", WAIT, |r| {
-        let alice_rec = find(r, |x| x["kind"] == "message" && x["text"] == alice_text.as_str());
-        alice_rec.is_some()
-            && find(r, |x| x["kind"] == "message" && x["text"] == bob_text.as_str()).is_some()
-            && find(r, |x| x["kind"] == "reaction" && x["sender"] == "bob@example.test").is_some()
-    });
-    eprintln!("[{:>6.2?}] DC → bridge: 3 events recorded {:?} after Alice sent", t0.elapsed(), sent.elapsed());
-    let alice_rec = find(&r, |x| x["kind"] == "message" && x["text"] == alice_text.as_str()).expect("alice");
-    let bob_rec = find(&r, |x| x["kind"] == "message" && x["text"] == bob_text.as_str()).expect("bob");
-    let reaction_rec = find(&r, |x| x["kind"] == "reaction" && x["sender"] == "bob@example.test").expect("reaction");
+    let r = hub.wait_records(
+        "Alice's message, Bob's reply and Bob's reaction",
+        WAIT,
+        |r| {
+            let alice_rec = find(r, |x| {
+                x["kind"] == "message" && x["text"] == alice_text.as_str()
+            });
+            alice_rec.is_some()
+                && find(r, |x| {
+                    x["kind"] == "message" && x["text"] == bob_text.as_str()
+                })
+                .is_some()
+                && find(r, |x| {
+                    x["kind"] == "reaction" && x["sender"] == "bob@example.test"
+                })
+                .is_some()
+        },
+    );
+    eprintln!(
+        "[{:>6.2?}] DC → bridge: 3 events recorded {:?} after Alice sent",
+        t0.elapsed(),
+        sent.elapsed()
+    );
+    let alice_rec = find(&r, |x| {
+        x["kind"] == "message" && x["text"] == alice_text.as_str()
+    })
+    .expect("alice");
+    let bob_rec = find(&r, |x| {
+        x["kind"] == "message" && x["text"] == bob_text.as_str()
+    })
+    .expect("bob");
+    let reaction_rec = find(&r, |x| {
+        x["kind"] == "reaction" && x["sender"] == "bob@example.test"
+    })
+    .expect("reaction");
     assert_eq!(alice_rec["sender"], "alice@example.test", "{alice_rec:#}");
     assert_eq!(alice_rec["chat_name"], group.as_str(), "{alice_rec:#}");
     assert_eq!(alice_rec["reply_to"], Value::Null, "{alice_rec:#}");
     let alice_link = alice_rec["link"].as_str().expect("link").to_owned();
     assert_eq!(bob_rec["sender"], "bob@example.test", "{bob_rec:#}");
-    assert_eq!(bob_rec["reply_to"], alice_link.as_str(), "Bob's quote is a reply: {bob_rec:#}");
+    assert_eq!(
+        bob_rec["reply_to"],
+        alice_link.as_str(),
+        "Bob's quote is a reply: {bob_rec:#}"
+    );
     let bob_link = bob_rec["link"].as_str().expect("link").to_owned();
-    assert_eq!(reaction_rec["target"], alice_link.as_str(), "{reaction_rec:#}");
+    assert_eq!(
+        reaction_rec["target"],
+        alice_link.as_str(),
+        "{reaction_rec:#}"
+    );
     assert_eq!(reaction_rec["key"], "👍", "{reaction_rec:#}");
     let chat = alice_rec["chat"].as_str().expect("chat").to_owned();
     for x in [bob_rec, reaction_rec] {
         assert_eq!(x["chat"], chat.as_str(), "one stand-in chat: {x:#}");
     }
-    let ours: Vec<&Value> = r.iter().filter(|x| x["chat_name"] == group.as_str()).collect();
-    assert!(ours.iter().all(|x| x["chat"] == chat.as_str()), "one stand-in chat: {ours:#?}");
+    let ours: Vec<&Value> = r
+        .iter()
+        .filter(|x| x["chat_name"] == group.as_str())
+        .collect();
+    assert!(
+        ours.iter().all(|x| x["chat"] == chat.as_str()),
+        "one stand-in chat: {ours:#?}"
+    );
 
     // 3. Carol writes from Matrix: a message, a reply to Bob, a ❤️ on Alice's message.
     let carol_text = format!("Carol from Matrix {t}");
@@ -259,10 +319,25 @@ async fn a_delta_chat_group_with_a_matrix_puppet_keeps_one_chat_and_its_relation
     // Incoming messages per chat: Alice gets Bob's + Carol's two; Bob gets Alice's + Carol's two.
     for (who, account, dc_chat, alice_msg_id, bob_msg_id) in [
         ("Alice", &alice, &alice_chat, &alice_msg, None),
-        ("Bob", &bob, &bob_chat, &alice_msg_at_bob["msg_id"], Some(&bob_msg)),
+        (
+            "Bob",
+            &bob,
+            &bob_chat,
+            &alice_msg_at_bob["msg_id"],
+            Some(&bob_msg),
+        ),
     ] {
-        let got = dc.call(json!({"cmd": "wait_messages", "account_id": account, "chat_id": dc_chat, "count": 3, "timeout": WAIT.as_secs()}));
-        eprintln!("[{:>6.2?}] Matrix → {who} (DC): both messages {:?} after the injection", t0.elapsed(), injected.elapsed());
+        let got = dc
+            .try_call(json!({"cmd": "wait_messages", "account_id": account, "chat_id": dc_chat, "count": 3, "timeout": WAIT.as_secs()}))
+            .unwrap_or_else(|e| {
+                let chats = dc.call(json!({"cmd": "chat_list", "account_id": account}));
+                panic!("Carol's messages in {who}'s group chat {dc_chat}: {e}\nchats: {chats:#}")
+            });
+        eprintln!(
+            "[{:>6.2?}] Matrix → {who} (DC): both messages {:?} after the injection",
+            t0.elapsed(),
+            injected.elapsed()
+        );
         let msgs = got["messages"].as_array().expect("messages");
         let m1 = find(msgs, |m| text_of(m) == carol_text)
             .unwrap_or_else(|| panic!("Carol's message in {who}'s group chat: {got:#}"));
@@ -270,7 +345,11 @@ async fn a_delta_chat_group_with_a_matrix_puppet_keeps_one_chat_and_its_relation
             .unwrap_or_else(|| panic!("Carol's reply in {who}'s group chat: {got:#}"));
         for m in [m1, m2] {
             assert_eq!(m["chat_id"], *dc_chat, "same DC chat at {who}: {m:#}");
-            assert_eq!(m["sender_addr"], carol.as_str(), "sent by the puppet at {who}: {m:#}");
+            assert_eq!(
+                m["sender_addr"],
+                carol.as_str(),
+                "sent by the puppet at {who}: {m:#}"
+            );
             let shown = m["override_sender_name"]
                 .as_str()
                 .or(m["sender_name"].as_str())
@@ -279,36 +358,85 @@ async fn a_delta_chat_group_with_a_matrix_puppet_keeps_one_chat_and_its_relation
             assert_eq!(m["is_info"], false, "{m:#}");
         }
         assert_eq!(m1["quote_text"], Value::Null, "a plain message: {m1:#}");
-        assert_eq!(m2["quote_text"], bob_text.as_str(), "the reply quotes Bob at {who}: {m2:#}");
+        assert_eq!(
+            m2["quote_text"],
+            bob_text.as_str(),
+            "the reply quotes Bob at {who}: {m2:#}"
+        );
         let bob_at_peer = match bob_msg_id {
             Some(id) => id.clone(),
             None => find(msgs, |m| text_of(m) == bob_text)
                 .unwrap_or_else(|| panic!("Bob's reply at {who}: {got:#}"))["msg_id"]
                 .clone(),
         };
-        assert_eq!(m2["quote_msg_id"], bob_at_peer, "the quote points at Bob's message at {who}: {m2:#}");
-        let chats = chats_named(&mut dc, account, &group);
-        assert_eq!(chats.len(), 1, "no second chat named {group:?} at {who}: {chats:#?}");
-        assert!(
-            chats[0]["members"].as_array().expect("members").iter().any(|a| *a == carol.as_str()),
-            "Carol's puppet is a member at {who}: {chats:#?}"
+        assert_eq!(
+            m2["quote_msg_id"], bob_at_peer,
+            "the quote points at Bob's message at {who}: {m2:#}"
+        );
+        // Neither a second group of that name nor any other chat with Carol in it (a 1:1, an ad-hoc group).
+        let chats = chat_list(&mut dc, account);
+        let ids = |keep: &dyn Fn(&Value) -> bool| -> Vec<Value> {
+            chats
+                .iter()
+                .filter(|c| keep(c))
+                .map(|c| c["chat_id"].clone())
+                .collect()
+        };
+        let with_carol = |c: &Value| {
+            c["members"]
+                .as_array()
+                .is_some_and(|m| m.iter().any(|a| *a == carol.as_str()))
+        };
+        assert_eq!(
+            ids(&|c| c["name"] == group.as_str()),
+            std::slice::from_ref(dc_chat),
+            "one chat named {group:?} at {who}: {chats:#?}"
+        );
+        assert_eq!(
+            ids(&with_carol),
+            std::slice::from_ref(dc_chat),
+            "Carol's puppet is a member of the group only, at {who}: {chats:#?}"
+        );
+        eprintln!(
+            "         at {who}: Carol shown as sender_name={} override_sender_name={}, reply quote_text={}",
+            m1["sender_name"], m1["override_sender_name"], m2["quote_text"]
         );
         let reacted = wait_message(&mut dc, account, alice_msg_id, "Carol's ❤️", |m| {
-            m["reactions"]["❤️"].as_array().is_some_and(|a| a.iter().any(|x| *x == carol.as_str()))
+            m["reactions"]["❤️"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|x| *x == carol.as_str()))
         });
-        eprintln!("[{:>6.2?}] Matrix → {who} (DC): ❤️ {:?} after the injection", t0.elapsed(), injected.elapsed());
+        eprintln!(
+            "[{:>6.2?}] Matrix → {who} (DC): ❤️ {:?} after the injection",
+            t0.elapsed(),
+            injected.elapsed()
+        );
         if who == "Alice" {
-            let thumbs = reacted["reactions"]["👍"].as_array().cloned().unwrap_or_default();
-            assert!(thumbs.iter().any(|x| x == "bob@example.test"), "Bob's 👍 is still there: {reacted:#}");
+            let thumbs = reacted["reactions"]["👍"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            assert!(
+                thumbs.iter().any(|x| x == "bob@example.test"),
+                "Bob's 👍 is still there: {reacted:#}"
+            );
         }
     }
 
     // Nothing of Carol's came back to "Matrix" (no echo), and every record is in the one chat.
     let r = hub.records();
-    let ours: Vec<&Value> = r.iter().filter(|x| x["chat_name"] == group.as_str()).collect();
-    assert!(ours.iter().all(|x| x["chat"] == chat.as_str()), "one stand-in chat: {ours:#?}");
+    let ours: Vec<&Value> = r
+        .iter()
+        .filter(|x| x["chat_name"] == group.as_str())
+        .collect();
     assert!(
-        !ours.iter().any(|x| x["sender"] == carol.as_str() || x["sender"] == carol_mx),
+        ours.iter().all(|x| x["chat"] == chat.as_str()),
+        "one stand-in chat: {ours:#?}"
+    );
+    assert!(
+        !ours
+            .iter()
+            .any(|x| x["sender"] == carol.as_str() || x["sender"] == carol_mx),
         "no echo of Carol's mail: {ours:#?}"
     );
     eprintln!("[{:>6.2?}] done", t0.elapsed());

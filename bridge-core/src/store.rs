@@ -273,7 +273,13 @@ impl Store {
     // ---- Autocrypt ----
 
     /// Keeps the newest Autocrypt key of an address (`ts` in Unix seconds; older headers do not win).
-    pub async fn save_autocrypt(&self, addr: &str, keydata: &[u8], prefer_encrypt_mutual: bool, ts: i64) -> Result<()> {
+    pub async fn save_autocrypt(
+        &self,
+        addr: &str,
+        keydata: &[u8],
+        prefer_encrypt_mutual: bool,
+        ts: i64,
+    ) -> Result<()> {
         sqlx::query(
             "INSERT INTO autocrypt_peer (addr, keydata, prefer_encrypt_mutual, last_seen) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (addr) DO UPDATE SET keydata = excluded.keydata, prefer_encrypt_mutual = excluded.prefer_encrypt_mutual, \
@@ -290,10 +296,12 @@ impl Store {
 
     /// The stored Autocrypt key of an address: (keydata, prefer-encrypt=mutual).
     pub async fn autocrypt(&self, addr: &str) -> Result<Option<(Vec<u8>, bool)>> {
-        let row = sqlx::query("SELECT keydata, prefer_encrypt_mutual FROM autocrypt_peer WHERE addr = $1")
-            .bind(addr)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(
+            "SELECT keydata, prefer_encrypt_mutual FROM autocrypt_peer WHERE addr = $1",
+        )
+        .bind(addr)
+        .fetch_optional(&self.pool)
+        .await?;
         match row {
             Some(r) => Ok(Some((r.try_get(0)?, r.try_get::<i64, _>(1)? != 0))),
             None => Ok(None),
