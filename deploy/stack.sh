@@ -38,6 +38,7 @@
 #   CARGO_TARGET_DIR                                                 (/root/.cache/coi-target)
 #   COI_LMTP, COI_LMTP_ADDR  see above
 #   COI_BRIDGE_CONFIG  use this bridge config instead of the generated $COI_STACK_DIR/bridge.toml
+#   COI_SYNAPSE     1 (default): also run Synapse (deploy/synapse.sh) and give the bridge a [matrix] section
 # System files written (Debian originals kept once as *.orig-coi):
 #   /etc/postfix/{main.cf,master.cf,vmailbox,coi-transport}, /etc/dovecot/{dovecot.conf,users}
 set -euo pipefail
@@ -54,6 +55,7 @@ DC_VERSION=2.65.0
 MAIL_DOMAIN=example.test
 BRIDGE_DOMAIN=bridge.example.test
 LMTP_DOMAIN=lmtp.example.test
+SYNAPSE="${COI_SYNAPSE:-1}"   # COI_SYNAPSE=0: mail stack only, no Synapse and no [matrix] section
 USERS=(alice bob carol dave bridge)
 VMAIL="$STATE/vmail"
 LOGDIR="$STATE/log"
@@ -536,6 +538,23 @@ write_bridge_config() {
         k="${kv%%=*}" v="${kv#*=}"
         set_toml "$f" email "$k" "$v"
     done
+    if [ "$SYNAPSE" = 1 ]; then
+        # The Matrix side, against the local Synapse (deploy/synapse.sh; fixed test tokens).
+        eval "$(bash "$SCRIPT_DIR/synapse.sh" env)"
+        for kv in \
+            "homeserver_url=\"$COI_MATRIX_HS_URL\"" \
+            "server_name=\"$COI_MATRIX_SERVER_NAME\"" \
+            "as_token=\"$COI_MATRIX_AS_TOKEN\"" \
+            "hs_token=\"$COI_MATRIX_HS_TOKEN\"" \
+            "bot_localpart=\"$COI_MATRIX_BOT\"" \
+            "ghost_prefix=\"$COI_MATRIX_PREFIX\"" \
+            "registration_id=\"$COI_MATRIX_AS_ID\"" \
+            "listen=\"${COI_MATRIX_AS_URL#http://}\"" \
+            "url=\"$COI_MATRIX_AS_URL\""; do
+            k="${kv%%=*}" v="${kv#*=}"
+            set_toml "$f" matrix "$k" "$v"
+        done
+    fi
     if bridge_has check-config && ! "$BRIDGE_BIN" check-config -c "$f" >&2; then
         die "coi-bridge check-config rejected $f"
     fi
@@ -590,6 +609,10 @@ print_env() {
     q COI_TEST_LOCK "$STATE/test.lock"
     q COI_LMTP "$LMTP"
     q COI_LMTP_ADDR "$LMTP_ADDR"
+    if [ "$SYNAPSE" = 1 ]; then
+        q COI_TEST_SYNAPSE 1
+        bash "$SCRIPT_DIR/synapse.sh" env | grep -v '^export COI_PYTHON='
+    fi
 }
 
 print_summary() {
@@ -606,6 +629,10 @@ coi test stack is up (state: $STATE, logs: $LOGDIR)
   Delta Chat  $VENV/bin/python $REPO_DIR/tests/peers/dcpeer.py  (JSON lines on stdin/stdout)
   test env    eval "\$($SCRIPT_DIR/stack.sh env)"
 EOF
+    if [ "$SYNAPSE" = 1 ]; then
+        echo "  Matrix      Synapse http://127.0.0.1:8008 (server name matrix.test); log in with any Matrix client"
+        echo "              as @alice:matrix.test / alicepass; the bridge's appservice listens on 127.0.0.1:29331"
+    fi
     local p
     if p="$(bridge_pid)"; then
         echo "  bridge      pid $p: $BRIDGE_BIN run -c $BRIDGE_CFG  (log $BRIDGE_LOG)"
@@ -633,6 +660,7 @@ cmd_up() {
     write_dovecot
     start_mail
     ensure_pg
+    if [ "$SYNAPSE" = 1 ]; then bash "$SCRIPT_DIR/synapse.sh" up >&2 || die "Synapse did not start (deploy/synapse.sh)"; fi
     if [ "$with_bridge" = 1 ]; then start_bridge; else stop_bridge; fi
     print_summary
     log "up done in $((SECONDS - t0)) s"
@@ -641,6 +669,7 @@ cmd_up() {
 cmd_down() {
     need_root
     stop_bridge
+    if [ "$SYNAPSE" = 1 ]; then bash "$SCRIPT_DIR/synapse.sh" down >&2 || true; fi
     stop_mail
     log "down (PostgreSQL left running)"
 }
@@ -658,6 +687,7 @@ cmd_status() {
         pg_user && echo "postgresql: running (user $PG_USER)" || echo "postgresql: running (no trust login)"
     else echo "postgresql: stopped"; ok=1; fi
     if p="$(bridge_pid)"; then echo "bridge:     running (pid $p, log $BRIDGE_LOG)"; else echo "bridge:     stopped"; fi
+    if [ "$SYNAPSE" = 1 ]; then bash "$SCRIPT_DIR/synapse.sh" status || ok=1; fi
     if [ -x "$VENV/bin/deltachat-rpc-server" ]; then echo "venv:       $VENV (deltachat-rpc-server $("$VENV/bin/deltachat-rpc-server" --version 2>&1))"
     else echo "venv:       missing ($VENV)"; fi
     echo "state:      $STATE"

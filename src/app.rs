@@ -4,6 +4,7 @@ use crate::config::Validated;
 use anyhow::Context as _;
 use bridge_core::{Bridge, Side, Store};
 use coi_side::EmailSide;
+use matrix_side::MatrixSide;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -34,7 +35,18 @@ pub async fn run(
     let email = Arc::new(
         EmailSide::new(email_cfg.clone(), &v.email).context("Cannot set up the email side")?,
     );
-    let mut builder = Bridge::builder(store).side(email);
+    let mut builder = Bridge::builder(store.clone()).side(email);
+    let matrix = match &v.matrix {
+        Some(settings) => {
+            let side = Arc::new(
+                MatrixSide::new(settings, store.clone())
+                    .context("Cannot set up the Matrix side")?,
+            );
+            builder = builder.side(side.clone());
+            Some((settings.clone(), side))
+        }
+        None => None,
+    };
     let mut hooks = Vec::new();
     for (side, hook) in extra {
         builder = builder.side(side);
@@ -47,6 +59,17 @@ pub async fn run(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
+    };
+    let listener = match &matrix {
+        Some((settings, side)) => {
+            let (task, info) =
+                matrix_side::start(settings, side, bridge.router(), stopped(stop_rx.clone()))
+                    .await
+                    .context("Matrix start-up failed")?;
+            tracing::info!(ping_ms = info.ping_ms, versions = ?info.versions, "Matrix side ready.");
+            Some(task)
+        }
+        None => None,
     };
     let ingest = tokio::spawn(coi_side::run_ingest(
         email_cfg,
@@ -61,6 +84,11 @@ pub async fn run(
     let _ = stop_tx.send(true);
     ingest.await.context("ingest task")??;
     hub.await.context("hub task")?;
+    if let Some(task) = listener {
+        task.await
+            .context("Matrix listener task")?
+            .context("Matrix listener")?;
+    }
     Ok(())
 }
 

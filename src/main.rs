@@ -41,6 +41,18 @@ enum Command {
     },
     /// Print a fully commented example config.
     ExampleConfig,
+    /// Write the appservice registration for the homeserver from the `[matrix]` section.
+    ///
+    /// Tokens come from the config; a token file named there that does not exist yet is created
+    /// with a random token.
+    GenerateRegistration {
+        /// Config file.
+        #[arg(short, long, env = "COI_BRIDGE_CONFIG")]
+        config: PathBuf,
+        /// Where to write the registration YAML.
+        #[arg(short, long)]
+        output: PathBuf,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -53,6 +65,7 @@ fn main() -> std::process::ExitCode {
         Command::CheckConfig { config } => Config::load(&config)
             .map(|_| println!("{}: OK", config.display()))
             .map_err(anyhow::Error::from),
+        Command::GenerateRegistration { config, output } => generate_registration(&config, &output),
         Command::Migrate { config } => runtime().and_then(|rt| rt.block_on(migrate(config))),
         Command::Run { config } => runtime().and_then(|rt| rt.block_on(run(config))),
     };
@@ -88,4 +101,61 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
     let v = Config::load(&path)?;
     app::init_logging(&v.config.logging.level)?;
     app::run(v, Vec::new(), app::shutdown_signal()).await
+}
+
+fn generate_registration(path: &std::path::Path, output: &std::path::Path) -> anyhow::Result<()> {
+    let config = Config::parse(path)?;
+    let Some(mut matrix) = config.matrix else {
+        anyhow::bail!(
+            "{} has no [matrix] section: add one (see `coi-bridge example-config`)",
+            path.display()
+        );
+    };
+    for (inline, file, key) in [
+        (
+            &mut matrix.as_token,
+            &matrix.as_token_file,
+            "matrix.as_token",
+        ),
+        (
+            &mut matrix.hs_token,
+            &matrix.hs_token_file,
+            "matrix.hs_token",
+        ),
+    ] {
+        match (inline.as_ref(), file) {
+            (Some(_), _) => {}
+            (None, Some(f)) if f.exists() => {}
+            (None, Some(f)) => {
+                write_secret(f, &matrix_side::registration::random_token())
+                    .with_context(|| format!("Cannot write `{key}_file` {}", f.display()))?;
+                println!("wrote a new random token to {}", f.display());
+            }
+            (None, None) => anyhow::bail!(
+                "config key `{key}`: set `{key}` or `{key}_file` (a missing file is created)"
+            ),
+        }
+    }
+    let settings = matrix.validate()?;
+    let reg = matrix_side::Registration::from_settings(&settings);
+    std::fs::write(output, reg.to_yaml())
+        .with_context(|| format!("Cannot write {}", output.display()))?;
+    println!(
+        "wrote {}: add it to the homeserver's app_service_config_files and restart the homeserver",
+        output.display()
+    );
+    Ok(())
+}
+
+fn write_secret(path: &std::path::Path, value: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path)?;
+    writeln!(f, "{value}")
 }

@@ -154,3 +154,78 @@ fn migrate_creates_the_sqlite_database() {
         "relative sqlite paths are relative to the config file"
     );
 }
+
+#[test]
+fn generate_registration_creates_tokens_and_a_registration_the_config_accepts() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = example_with_secrets(dir.path());
+    let mut text = std::fs::read_to_string(&path).expect("read");
+    text.push_str(&format!(
+        "\n[matrix]\nhomeserver_url = \"http://127.0.0.1:8008\"\nserver_name = \"matrix.test\"\nas_token_file = \"{}\"\nhs_token_file = \"{}\"\n",
+        dir.path().join("as_token").display(),
+        dir.path().join("hs_token").display()
+    ));
+    std::fs::write(&path, text).expect("write");
+    let out = bin()
+        .arg("check-config")
+        .arg("-c")
+        .arg(&path)
+        .output()
+        .expect("run");
+    assert!(!out.status.success(), "tokens do not exist yet");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("matrix.as_token"));
+    let reg = dir.path().join("registration.yaml");
+    let out = bin()
+        .arg("generate-registration")
+        .arg("-c")
+        .arg(&path)
+        .arg("-o")
+        .arg(&reg)
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let yaml = std::fs::read_to_string(&reg).expect("registration");
+    let as_token = std::fs::read_to_string(dir.path().join("as_token")).expect("as token");
+    let hs_token = std::fs::read_to_string(dir.path().join("hs_token")).expect("hs token");
+    assert!(as_token.trim().len() >= 32 && as_token != hs_token);
+    for want in [
+        "rate_limited: false",
+        "receive_ephemeral: true",
+        "de.sorunome.msc2409.push_ephemeral: true",
+        "sender_localpart: \"coi_bot\"",
+        as_token.trim(),
+        hs_token.trim(),
+        "@_coi_",
+    ] {
+        assert!(yaml.contains(want), "registration lacks {want:?}:\n{yaml}");
+    }
+    let out = bin()
+        .arg("check-config")
+        .arg("-c")
+        .arg(&path)
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A second run keeps the tokens.
+    let out = bin()
+        .arg("generate-registration")
+        .arg("-c")
+        .arg(&path)
+        .arg("-o")
+        .arg(&reg)
+        .output()
+        .expect("run");
+    assert!(out.status.success());
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("as_token")).expect("as token"),
+        as_token
+    );
+}

@@ -211,7 +211,12 @@ impl InboundSink for MailSink {
             let ts = parsed.date_unix.unwrap_or_else(|| now_ms() / 1000);
             self.router
                 .store()
-                .save_autocrypt(&from.addr.to_ascii_lowercase(), &ac.keydata, ac.prefer_encrypt_mutual, ts)
+                .save_autocrypt(
+                    &from.addr.to_ascii_lowercase(),
+                    &ac.keydata,
+                    ac.prefer_encrypt_mutual,
+                    ts,
+                )
                 .await
                 .map_err(|e| IngestError::Transient(e.to_string()))?;
         }

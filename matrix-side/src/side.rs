@@ -1,0 +1,518 @@
+//! `MatrixSide`: delivers the hub's outbox into Matrix rooms as ghosts.
+
+use crate::client::{ClientError, MatrixClient, txn_id};
+use crate::config::MatrixSettings;
+use crate::convert::{edit_content, first_part_content, part_content, reaction_content};
+use crate::ids::{GhostNamer, is_user_id};
+use async_trait::async_trait;
+use bridge_core::ir::{EventKind, MembershipChange};
+use bridge_core::{
+    Capabilities, Delivered, MemberView, OutboxItem, Side, SideError, SideName, Store,
+};
+use serde_json::{Value, json};
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+
+/// Items older than this are sent with `?ts=` (catch-up after downtime).
+const MASSAGE_TS_AFTER_MS: i64 = 10_000;
+
+/// The Matrix side.
+#[derive(Debug)]
+pub struct MatrixSide {
+    client: MatrixClient,
+    namer: GhostNamer,
+    store: Store,
+    /// Ghosts known to be registered with their current display name: (user id, name).
+    ghosts: Mutex<BTreeSet<(String, String)>>,
+    /// (room, user) pairs known to be joined.
+    joined: Mutex<BTreeSet<(String, String)>>,
+}
+
+fn portal_key(chat: i64) -> String {
+    format!("matrix.portal.{chat}")
+}
+
+fn ghost_key(user: &str) -> String {
+    format!("matrix.ghost.{user}")
+}
+
+fn store_err(e: bridge_core::StoreError) -> SideError {
+    SideError::retry(format!("store: {e}"))
+}
+
+impl MatrixSide {
+    /// Builds the side (no I/O).
+    pub fn new(settings: &MatrixSettings, store: Store) -> Result<Self, ClientError> {
+        Ok(Self {
+            client: MatrixClient::new(&settings.homeserver_url, &settings.as_token)?,
+            namer: settings.namer.clone(),
+            store,
+            ghosts: Mutex::new(BTreeSet::new()),
+            joined: Mutex::new(BTreeSet::new()),
+        })
+    }
+
+    /// The client (for start-up and tools).
+    pub fn client(&self) -> &MatrixClient {
+        &self.client
+    }
+
+    /// The ghost that stands for a member, or `None` for people native to Matrix.
+    fn ghost_of(&self, m: &MemberView) -> Option<String> {
+        if m.origin_side == SideName::MATRIX.as_str() {
+            return None;
+        }
+        Some(match &m.remote_id_here {
+            Some(id) if self.namer.is_ours(id) => id.clone(),
+            _ => self.namer.user_id(&m.origin_side, &m.native_id),
+        })
+    }
+
+    /// Registers a ghost and sets its display name, once per name.
+    async fn ensure_ghost(&self, user: &str, name: &str) -> Result<(), SideError> {
+        let key = (user.to_owned(), name.to_owned());
+        if self.ghosts.lock().is_ok_and(|g| g.contains(&key)) {
+            return Ok(());
+        }
+        let stored = self
+            .store
+            .kv_get(&ghost_key(user))
+            .await
+            .map_err(store_err)?;
+        if stored.as_deref() != Some(name) {
+            let local = user
+                .strip_prefix('@')
+                .and_then(|u| u.split_once(':'))
+                .map(|(l, _)| l)
+                .unwrap_or(user);
+            self.client.register(local).await?;
+            if !name.is_empty() {
+                self.client.set_displayname(user, name).await?;
+            }
+            self.store
+                .kv_set(&ghost_key(user), name)
+                .await
+                .map_err(store_err)?;
+        }
+        if let Ok(mut g) = self.ghosts.lock() {
+            g.insert(key);
+        }
+        Ok(())
+    }
+
+    /// Makes `user` a joined member of `room` (the bot invites it when needed).
+    async fn ensure_joined(&self, room: &str, user: &str) -> Result<(), SideError> {
+        let key = (room.to_owned(), user.to_owned());
+        if self.joined.lock().is_ok_and(|j| j.contains(&key)) {
+            return Ok(());
+        }
+        match self.client.join(room, user).await {
+            Ok(()) => {}
+            Err(e) if e.errcode() == Some("M_FORBIDDEN") => {
+                match self.client.invite(room, None, user).await {
+                    Ok(()) => {}
+                    // Already invited or joined: the join below tells.
+                    Err(e) if e.errcode() == Some("M_FORBIDDEN") => {}
+                    Err(e) => return Err(e.into()),
+                }
+                self.client.join(room, user).await?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        if let Ok(mut j) = self.joined.lock() {
+            j.insert(key);
+        }
+        Ok(())
+    }
+
+    /// The chat's room; creates it (as the bot) on first delivery.
+    async fn ensure_portal(&self, item: &OutboxItem) -> Result<(String, bool), SideError> {
+        if let Some(room) = &item.chat.remote_chat_id {
+            return Ok((room.clone(), false));
+        }
+        let key = portal_key(item.chat.id.0);
+        if let Some(room) = self.store.kv_get(&key).await.map_err(store_err)? {
+            return Ok((room, true));
+        }
+        let invite: Vec<&str> = item
+            .chat
+            .members
+            .iter()
+            .filter(|m| {
+                m.joined && m.origin_side == SideName::MATRIX.as_str() && is_user_id(&m.native_id)
+            })
+            .map(|m| m.native_id.as_str())
+            .collect();
+        let bot = self.namer.bot_user_id();
+        let info = json!({
+            "bridgebot": bot,
+            "protocol": {"id": "coi", "displayname": "Email (COI)"},
+            "channel": {"id": item.chat.group_id, "displayname": item.chat.name},
+        });
+        let state_key = format!("coi://email/{}", item.chat.group_id);
+        let mut body = json!({
+            "preset": "private_chat",
+            "name": item.chat.name,
+            "invite": invite,
+            "initial_state": [
+                {"type": "m.bridge", "state_key": state_key, "content": info},
+                {"type": "uk.half-shot.bridge", "state_key": state_key, "content": info},
+            ],
+        });
+        if !item.chat.topic.is_empty() {
+            body["topic"] = json!(item.chat.topic);
+        }
+        let room = self.client.create_room(&body).await?;
+        tracing::info!(chat = %item.chat.id, %room, "Portal room created.");
+        // Kept before the hub links it, so a crash in between does not open a second room.
+        self.store.kv_set(&key, &room).await.map_err(store_err)?;
+        Ok((room, true))
+    }
+
+    async fn send(
+        &self,
+        room: &str,
+        actor: Option<&str>,
+        item: &OutboxItem,
+        part: &str,
+        event_type: &str,
+        content: &Value,
+    ) -> Result<String, SideError> {
+        let who = actor.map_or_else(|| self.namer.bot_user_id(), str::to_owned);
+        let txn = txn_id(&item.message_uuid, part, &who);
+        let ts =
+            (bridge_core::store::now_ms() - item.ts_ms > MASSAGE_TS_AFTER_MS).then_some(item.ts_ms);
+        Ok(self
+            .client
+            .send(room, actor, event_type, &txn, content, ts)
+            .await?)
+    }
+}
+
+#[async_trait]
+impl Side for MatrixSide {
+    fn name(&self) -> SideName {
+        SideName::MATRIX
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            edits: true,
+            redactions: true,
+            reactions: true,
+            attachments: false,
+            receipts: true,
+            auto_portal: true,
+        }
+    }
+
+    async fn deliver(&self, item: &OutboxItem) -> Result<Delivered, SideError> {
+        let (room, created) = self.ensure_portal(item).await?;
+        let mut out = Delivered {
+            chat_link: created.then(|| room.clone()),
+            ..Delivered::default()
+        };
+        // Who speaks: the sender's ghost, or the bot for bridge notices and Matrix-native senders.
+        let actor = item.sender.as_ref().and_then(|s| self.ghost_of(s));
+        if let (Some(ghost), Some(sender)) = (&actor, &item.sender) {
+            let name = if sender.display_name.is_empty() {
+                sender.native_id.as_str()
+            } else {
+                sender.display_name.as_str()
+            };
+            self.ensure_ghost(ghost, name).await?;
+            if sender.remote_id_here.as_deref() != Some(ghost.as_str()) {
+                out.puppet_links.push((sender.puppet_id, ghost.clone()));
+            }
+            if !matches!(
+                item.event,
+                EventKind::Membership {
+                    change: MembershipChange::Leave,
+                    ..
+                }
+            ) {
+                self.ensure_joined(&room, ghost).await?;
+            }
+        }
+        let actor = actor.as_deref();
+        match &item.event {
+            EventKind::Message(content) => {
+                for (i, part) in content.parts.iter().enumerate() {
+                    let key = if i == 0 { String::new() } else { i.to_string() };
+                    let reply = if i == 0 {
+                        content.reply_to.as_ref()
+                    } else {
+                        None
+                    };
+                    let c = part_content(part, reply);
+                    let id = self
+                        .send(&room, actor, item, &key, "m.room.message", &c)
+                        .await?;
+                    out.links.push((key, id));
+                }
+            }
+            EventKind::Edit { target, content } => {
+                let Some(t) = target.remote_id.as_deref() else {
+                    return Err(SideError::Ignored("edit target is not on Matrix".into()));
+                };
+                let c = edit_content(t, &first_part_content(content));
+                let id = self
+                    .send(&room, actor, item, "", "m.room.message", &c)
+                    .await?;
+                out.links.push((String::new(), id));
+            }
+            EventKind::Redaction { target } => {
+                let Some(t) = target.remote_id.as_deref() else {
+                    return Err(SideError::Ignored(
+                        "redaction target is not on Matrix".into(),
+                    ));
+                };
+                let who = actor.map_or_else(|| self.namer.bot_user_id(), str::to_owned);
+                let id = self
+                    .client
+                    .redact(&room, actor, t, &txn_id(&item.message_uuid, "", &who))
+                    .await?;
+                out.links.push((String::new(), id));
+            }
+            EventKind::Reaction { target, key } => {
+                if key.is_empty() {
+                    return Err(SideError::Unsupported(
+                        "taking a reaction back is not bridged to Matrix yet".into(),
+                    ));
+                }
+                let Some(t) = target.remote_id.as_deref() else {
+                    return Err(SideError::Ignored(
+                        "reaction target is not on Matrix".into(),
+                    ));
+                };
+                let id = self
+                    .send(
+                        &room,
+                        actor,
+                        item,
+                        "",
+                        "m.reaction",
+                        &reaction_content(t, key),
+                    )
+                    .await?;
+                out.links.push((String::new(), id));
+            }
+            EventKind::Membership { subject, change } => {
+                if subject.side == SideName::MATRIX {
+                    return Err(SideError::Ignored(
+                        "a Matrix person's own membership".into(),
+                    ));
+                }
+                let ghost = self
+                    .namer
+                    .user_id(subject.side.as_str(), &subject.remote_id);
+                match change {
+                    MembershipChange::Join => {
+                        self.ensure_ghost(
+                            &ghost,
+                            subject
+                                .display_name
+                                .as_deref()
+                                .unwrap_or(&subject.remote_id),
+                        )
+                        .await?;
+                        self.ensure_joined(&room, &ghost).await?;
+                    }
+                    MembershipChange::Leave => {
+                        match self.client.leave(&room, &ghost).await {
+                            Ok(()) => {}
+                            Err(e) if e.errcode() == Some("M_FORBIDDEN") => {}
+                            Err(e) => return Err(e.into()),
+                        }
+                        if let Ok(mut j) = self.joined.lock() {
+                            j.remove(&(room.clone(), ghost));
+                        }
+                    }
+                }
+            }
+            EventKind::ChatInfo { name, topic } => {
+                if let Some(n) = name {
+                    self.client
+                        .state(&room, None, "m.room.name", "", &json!({"name": n}))
+                        .await?;
+                }
+                if let Some(t) = topic {
+                    self.client
+                        .state(&room, None, "m.room.topic", "", &json!({"topic": t}))
+                        .await?;
+                }
+            }
+            EventKind::Receipt { targets } => {
+                let Some(a) = actor else {
+                    return Err(SideError::Ignored("receipt without a ghost".into()));
+                };
+                if let Some(t) = targets.iter().rev().find_map(|t| t.remote_id.as_deref()) {
+                    self.client.receipt(&room, a, t).await?;
+                }
+            }
+            EventKind::Notice { text } => {
+                let c = json!({"msgtype": "m.notice", "body": text});
+                let id = self
+                    .send(&room, None, item, "", "m.room.message", &c)
+                    .await?;
+                out.links.push((String::new(), id));
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::config::MatrixConfig;
+    use axum::body::Bytes;
+    use axum::extract::State;
+    use axum::http::{Method, StatusCode, Uri};
+    use axum::response::{IntoResponse, Response};
+    use bridge_core::ir::{MessageContent, Part};
+    use bridge_core::testing::TestBridge;
+    use bridge_core::{ChatId, ChatView, MessageId, OutboxId, PuppetId};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    /// A scripted homeserver that records every call.
+    #[derive(Default)]
+    struct FakeHs {
+        calls: Mutex<Vec<(String, String, String)>>,
+        joins: Mutex<u32>,
+        sends: Mutex<u32>,
+    }
+
+    async fn handle(
+        State(hs): State<Arc<FakeHs>>,
+        method: Method,
+        uri: Uri,
+        body: Bytes,
+    ) -> Response {
+        let path = uri.path().to_owned();
+        hs.calls.lock().unwrap().push((
+            method.to_string(),
+            format!("{path}?{}", uri.query().unwrap_or("")),
+            String::from_utf8_lossy(&body).into_owned(),
+        ));
+        let err = |s: StatusCode, code: &str| {
+            (s, axum::Json(json!({"errcode": code, "error": code}))).into_response()
+        };
+        if path.ends_with("/register") {
+            return err(StatusCode::BAD_REQUEST, "M_USER_IN_USE");
+        }
+        if path.ends_with("/createRoom") {
+            return axum::Json(json!({"room_id": "!new:matrix.test"})).into_response();
+        }
+        if path.contains("/join/") {
+            let mut j = hs.joins.lock().unwrap();
+            *j += 1;
+            if *j == 1 {
+                return err(StatusCode::FORBIDDEN, "M_FORBIDDEN");
+            }
+            return axum::Json(json!({"room_id": "!new:matrix.test"})).into_response();
+        }
+        if path.contains("/send/") {
+            let mut n = hs.sends.lock().unwrap();
+            *n += 1;
+            if *n == 1 {
+                let mut r = err(StatusCode::TOO_MANY_REQUESTS, "M_LIMIT_EXCEEDED");
+                r.headers_mut()
+                    .insert("retry-after", axum::http::HeaderValue::from_static("2"));
+                return r;
+            }
+            return axum::Json(json!({"event_id": "$sent"})).into_response();
+        }
+        axum::Json(json!({})).into_response()
+    }
+
+    fn member(id: i64, side: &str, native: &str, name: &str) -> MemberView {
+        MemberView {
+            puppet_id: PuppetId(id),
+            display_name: name.into(),
+            origin_side: side.into(),
+            native_id: native.into(),
+            remote_id_here: None,
+            joined: true,
+            changed_ts: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn deliver_creates_portal_ghost_and_honours_429() {
+        let hs = Arc::new(FakeHs::default());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let app = axum::Router::new().fallback(handle).with_state(hs.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+
+        let tb = TestBridge::new(&[]).await.unwrap();
+        let settings = MatrixConfig::new(&base, "matrix.test", "as", "hs")
+            .validate()
+            .unwrap();
+        let side = MatrixSide::new(&settings, tb.bridge.store().clone()).unwrap();
+        let bob = member(1, "email", "bob@example.org", "Bob");
+        let alice = member(2, "matrix", "@alice:matrix.test", "Alice");
+        let item = OutboxItem {
+            outbox_id: OutboxId(1),
+            attempts: 0,
+            chat: ChatView {
+                id: ChatId(7),
+                group_id: "G1".into(),
+                name: "Team".into(),
+                name_ts: 0,
+                topic: String::new(),
+                remote_chat_id: None,
+                members: vec![bob.clone(), alice],
+                thread_root: None,
+                recent: Vec::new(),
+            },
+            message_id: MessageId(1),
+            message_uuid: "uuid-1".into(),
+            origin_side: "email".into(),
+            sender: Some(bob),
+            ts_ms: bridge_core::store::now_ms(),
+            event: EventKind::Message(MessageContent {
+                parts: vec![Part::text("hello")],
+                ..MessageContent::default()
+            }),
+        };
+        let first = side.deliver(&item).await;
+        assert!(
+            matches!(first, Err(SideError::Retryable { retry_after: Some(d), .. }) if d == Duration::from_secs(2)),
+            "{first:?}"
+        );
+        let done = side.deliver(&item).await.unwrap();
+        let ghost = "@_coi_bob=40example.org:matrix.test";
+        assert_eq!(done.links, vec![(String::new(), "$sent".to_owned())]);
+        assert_eq!(done.chat_link.as_deref(), Some("!new:matrix.test"));
+        assert_eq!(done.puppet_links, vec![(PuppetId(1), ghost.to_owned())]);
+
+        let calls = hs.calls.lock().unwrap().clone();
+        let count = |needle: &str| calls.iter().filter(|c| c.1.contains(needle)).count();
+        assert_eq!(count("/createRoom"), 1, "one room despite the retry");
+        assert_eq!(count("/register"), 1, "ghost registered once");
+        assert_eq!(
+            count("/invite"),
+            1,
+            "bot invited the ghost after a refused join"
+        );
+        let create = calls.iter().find(|c| c.1.contains("/createRoom")).unwrap();
+        let body: Value = serde_json::from_str(&create.2).unwrap();
+        assert_eq!(body["invite"], json!(["@alice:matrix.test"]));
+        assert_eq!(body["initial_state"][0]["type"], "m.bridge");
+        assert_eq!(body["initial_state"][1]["type"], "uk.half-shot.bridge");
+        let sends: Vec<_> = calls.iter().filter(|c| c.1.contains("/send/")).collect();
+        assert_eq!(sends.len(), 2);
+        assert_eq!(sends[0].1, sends[1].1, "the retry reuses the txn id");
+        assert!(
+            sends[0]
+                .1
+                .contains("user_id=%40_coi_bob%3D40example.org%3Amatrix.test")
+        );
+        let joins: Vec<_> = calls.iter().filter(|c| c.1.contains("/join/")).collect();
+        assert_eq!(joins.len(), 2);
+    }
+}
