@@ -221,12 +221,10 @@ impl Bridge {
     async fn drain_chat(&self, side: &dyn Side, chat: ChatId) -> Result<DrainStats, StoreError> {
         let mut stats = DrainStats::default();
         loop {
-            let rows = self.store.pending_outbox(side.name(), 1000).await?;
-            let rows: Vec<OutboxRow> = rows
-                .into_iter()
-                .filter(|r| r.chat_id == chat)
-                .take(50)
-                .collect();
+            let rows = self
+                .store
+                .pending_outbox_for_chat(side.name(), chat, 50)
+                .await?;
             if rows.is_empty() {
                 return Ok(stats);
             }

@@ -514,6 +514,35 @@ impl Store {
             .collect()
     }
 
+    /// Pending rows of one chat for a side, oldest first.
+    pub async fn pending_outbox_for_chat(
+        &self,
+        side: SideName,
+        chat: ChatId,
+        limit: i64,
+    ) -> Result<Vec<OutboxRow>> {
+        let rows = sqlx::query(
+            "SELECT id, chat_id, message_id, attempts, next_attempt_at FROM outbox \
+             WHERE side = $1 AND state = 'pending' AND chat_id = $2 ORDER BY id LIMIT $3",
+        )
+        .bind(side.as_str())
+        .bind(chat.0)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(OutboxRow {
+                    id: OutboxId(r.try_get(0)?),
+                    chat_id: ChatId(r.try_get(1)?),
+                    message_id: MessageId(r.try_get(2)?),
+                    attempts: r.try_get(3)?,
+                    next_attempt_at: r.try_get(4)?,
+                })
+            })
+            .collect()
+    }
+
     /// Counts outbox rows of a side in a state (`pending`, `done`, `failed`, `skipped`).
     pub async fn outbox_count(&self, side: SideName, state: &str) -> Result<i64> {
         let row = sqlx::query("SELECT COUNT(*) FROM outbox WHERE side = $1 AND state = $2")
@@ -593,8 +622,9 @@ impl Store {
         let remote_chat_id = tx.chat_link_of(chat, side).await?;
         let members = tx.members(chat, side).await?;
         let root = sqlx::query(
-            "SELECT l.remote_msg_id FROM message_link l JOIN message m ON m.id = l.message_id \
-             WHERE m.chat_id = $1 AND l.side = $2 ORDER BY m.id, l.id LIMIT 1",
+            // CROSS JOIN keeps SQLite walking the chat's messages in order instead of every link of the side.
+            "SELECT l.remote_msg_id FROM message m CROSS JOIN message_link l \
+             WHERE l.message_id = m.id AND m.chat_id = $1 AND l.side = $2 ORDER BY m.id, l.id LIMIT 1",
         )
         .bind(chat.0)
         .bind(side.as_str())
