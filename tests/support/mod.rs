@@ -34,38 +34,35 @@ pub async fn lock() -> tokio::sync::MutexGuard<'static, ()> {
     LOCK.lock().await
 }
 
-/// Deletes all mail in the bridge's catch-all mailbox (each test's bridge starts on an empty mailbox).
-pub fn wipe_bridge_mailbox() {
-    let st = Command::new("doveadm")
-        .args([
-            "expunge",
-            "-u",
-            "bridge@example.test",
-            "mailbox",
-            "INBOX",
-            "all",
-        ])
-        .status()
-        .expect("run doveadm");
-    assert!(st.success(), "doveadm expunge failed");
-}
-
 /// UIDVALIDITY and UIDNEXT of the bridge's catch-all INBOX.
 pub fn bridge_mailbox_status() -> (i64, i64) {
-    let out = Command::new("doveadm")
-        .args([
-            "-f",
-            "flow",
-            "mailbox",
-            "status",
-            "-u",
-            "bridge@example.test",
-            "uidvalidity uidnext",
-            "INBOX",
-        ])
-        .output()
-        .expect("run doveadm");
-    assert!(out.status.success(), "doveadm mailbox status failed");
+    // Retried: another test may be restarting Dovecot right now.
+    let mut tries = 0;
+    let out = loop {
+        let out = Command::new("doveadm")
+            .args([
+                "-f",
+                "flow",
+                "mailbox",
+                "status",
+                "-u",
+                "bridge@example.test",
+                "uidvalidity uidnext",
+                "INBOX",
+            ])
+            .output()
+            .expect("run doveadm");
+        if out.status.success() || tries >= 40 {
+            break out;
+        }
+        tries += 1;
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert!(
+        out.status.success(),
+        "doveadm mailbox status failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     let field = |name: &str| -> i64 {
         text.split_whitespace()
