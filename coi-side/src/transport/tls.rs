@@ -1,4 +1,5 @@
-//! rustls client configuration for the IMAP client (lettre builds its own for SMTP).
+//! rustls client configuration for IMAP and implicit-TLS SMTP (lettre builds its own for SMTP
+//! STARTTLS).
 
 use std::sync::Arc;
 
