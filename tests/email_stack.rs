@@ -290,6 +290,11 @@ async fn a_classic_mail_thread_keeps_its_chat_both_ways() {
         rfc2822_now()
     );
     send_raw("alice@example.test", &["bob@example.test", puppet], &first).await;
+    // Bob answers after the first mail arrived, as a person would (Postfix may reorder mails sent
+    // within milliseconds).
+    hub.wait_records("the first classic mail", WAIT, |r| {
+        !record_texts(r, &subject, "message").is_empty()
+    });
     let reply_id = format!("classic-reply-{t}@example.test");
     let reply = format!(
         "From: Bob <bob@example.test>\r\nTo: Alice <alice@example.test>, <{puppet}>\r\nSubject: Re: {subject}\r\nMessage-ID: <{reply_id}>\r\nIn-Reply-To: <{root}>\r\nReferences: <{root}>\r\nDate: {}\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nNoon works for me.\r\n\r\nOn Fri, 27 Nov 2026 at 20:28, Alice <alice@example.test> wrote:\r\n> Shall we meet at noon?\r\n",
