@@ -652,7 +652,9 @@ cmd_up() {
     local t0=$SECONDS
     mkdir -p "$STATE" "$LOGDIR"
     exec 9>"$STATE/.lock"   # serialize concurrent `up`s; daemons are started with 9>&-
-    flock 9
+    # Bounded: a daemon that inherited the lock (started by an older version of this script) must
+    # not hang CI; stop the stack (`stack.sh down`) to release it.
+    flock -w 120 9 || die "another stack.sh holds $STATE/.lock (or a daemon inherited it: run stack.sh down)"
     install_packages
     ensure_venv
     ensure_cert
@@ -660,7 +662,8 @@ cmd_up() {
     write_dovecot
     start_mail
     ensure_pg
-    if [ "$SYNAPSE" = 1 ]; then bash "$SCRIPT_DIR/synapse.sh" up >&2 || die "Synapse did not start (deploy/synapse.sh)"; fi
+    # 9>&-: the daemon Synapse becomes must not inherit our lock (a later `up` would wait on it forever).
+    if [ "$SYNAPSE" = 1 ]; then bash "$SCRIPT_DIR/synapse.sh" up >&2 9>&- || die "Synapse did not start (deploy/synapse.sh)"; fi
     if [ "$with_bridge" = 1 ]; then start_bridge; else stop_bridge; fi
     print_summary
     log "up done in $((SECONDS - t0)) s"

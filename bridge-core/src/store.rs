@@ -501,17 +501,7 @@ impl Store {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(OutboxRow {
-                    id: OutboxId(r.try_get(0)?),
-                    chat_id: ChatId(r.try_get(1)?),
-                    message_id: MessageId(r.try_get(2)?),
-                    attempts: r.try_get(3)?,
-                    next_attempt_at: r.try_get(4)?,
-                })
-            })
-            .collect()
+        rows.iter().map(outbox_row).collect()
     }
 
     /// Pending rows of one chat for a side, oldest first.
@@ -530,17 +520,7 @@ impl Store {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(OutboxRow {
-                    id: OutboxId(r.try_get(0)?),
-                    chat_id: ChatId(r.try_get(1)?),
-                    message_id: MessageId(r.try_get(2)?),
-                    attempts: r.try_get(3)?,
-                    next_attempt_at: r.try_get(4)?,
-                })
-            })
-            .collect()
+        rows.iter().map(outbox_row).collect()
     }
 
     /// Counts outbox rows of a side in a state (`pending`, `done`, `failed`, `skipped`).
@@ -660,6 +640,16 @@ impl Store {
             recent,
         })
     }
+}
+
+fn outbox_row(r: &sqlx::any::AnyRow) -> Result<OutboxRow> {
+    Ok(OutboxRow {
+        id: OutboxId(r.try_get(0)?),
+        chat_id: ChatId(r.try_get(1)?),
+        message_id: MessageId(r.try_get(2)?),
+        attempts: r.try_get(3)?,
+        next_attempt_at: r.try_get(4)?,
+    })
 }
 
 fn chat_from_row(r: &sqlx::any::AnyRow) -> Result<StoredChat> {
