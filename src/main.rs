@@ -39,6 +39,19 @@ enum Command {
         #[arg(short, long, env = "COI_BRIDGE_CONFIG")]
         config: PathBuf,
     },
+    /// List inputs kept in quarantine (mail that could not be parsed or placed), newest first;
+    /// with `--raw ID`, print that input's raw bytes.
+    Quarantine {
+        /// Config file.
+        #[arg(short, long, env = "COI_BRIDGE_CONFIG")]
+        config: PathBuf,
+        /// How many entries to list.
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        /// Print the raw input of this entry instead of the list.
+        #[arg(long)]
+        raw: Option<i64>,
+    },
     /// Print a fully commented example config.
     ExampleConfig,
     /// Write the appservice registration for the homeserver from the `[matrix]` section.
@@ -66,6 +79,9 @@ fn main() -> std::process::ExitCode {
             .map(|_| println!("{}: OK", config.display()))
             .map_err(anyhow::Error::from),
         Command::GenerateRegistration { config, output } => generate_registration(&config, &output),
+        Command::Quarantine { config, limit, raw } => {
+            runtime().and_then(|rt| rt.block_on(quarantine(config, limit, raw)))
+        }
         Command::Migrate { config } => runtime().and_then(|rt| rt.block_on(migrate(config))),
         Command::Run { config } => runtime().and_then(|rt| rt.block_on(run(config))),
     };
@@ -158,4 +174,28 @@ fn write_secret(path: &std::path::Path, value: &str) -> std::io::Result<()> {
     }
     let mut f = opts.open(path)?;
     writeln!(f, "{value}")
+}
+
+async fn quarantine(path: PathBuf, limit: i64, raw: Option<i64>) -> anyhow::Result<()> {
+    let v = Config::load(&path)?;
+    let store = Store::open(&v.config.database.url, 1)
+        .await
+        .context("Cannot open the database")?;
+    if let Some(id) = raw {
+        use std::io::Write as _;
+        let bytes = store.quarantine_raw(id).await?.unwrap_or_default();
+        std::io::stdout().write_all(&bytes)?;
+        return Ok(());
+    }
+    let entries = store.quarantine_list(limit).await?;
+    if entries.is_empty() {
+        println!("quarantine is empty");
+    }
+    for e in entries {
+        println!(
+            "{:>6}  {:<6}  {}  {} bytes  kept at {} ms\n        reason: {}",
+            e.id, e.side, e.remote_id, e.raw_bytes, e.created_at, e.reason
+        );
+    }
+    Ok(())
 }

@@ -229,3 +229,54 @@ fn generate_registration_creates_tokens_and_a_registration_the_config_accepts() 
         as_token
     );
 }
+
+#[tokio::test]
+async fn quarantine_lists_what_was_kept_and_prints_its_raw_bytes() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = example_with_secrets(dir.path());
+    let out = bin()
+        .arg("quarantine")
+        .arg("-c")
+        .arg(&path)
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("quarantine is empty"));
+    let url = format!("sqlite://{}", dir.path().join("bridge.db").display());
+    let store = bridge_core::Store::open(&url, 1).await.expect("store");
+    store
+        .quarantine(
+            bridge_core::SideName::EMAIL,
+            "bad-1@example.org",
+            "cannot parse: truncated MIME",
+            Some(b"From: x\r\n"),
+        )
+        .await
+        .expect("keep");
+    store.close().await;
+    let out = bin()
+        .arg("quarantine")
+        .arg("-c")
+        .arg(&path)
+        .output()
+        .expect("run");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("bad-1@example.org") && text.contains("cannot parse: truncated MIME"),
+        "{text}"
+    );
+    let id = text.split_whitespace().next().expect("id");
+    let out = bin()
+        .arg("quarantine")
+        .arg("-c")
+        .arg(&path)
+        .arg("--raw")
+        .arg(id)
+        .output()
+        .expect("run");
+    assert_eq!(out.stdout, b"From: x\r\n");
+}

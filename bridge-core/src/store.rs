@@ -73,6 +73,23 @@ pub struct OutboxRow {
     pub next_attempt_at: i64,
 }
 
+/// An input kept in quarantine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QuarantineEntry {
+    /// Row id.
+    pub id: i64,
+    /// Side it came from.
+    pub side: String,
+    /// Its id there (Message-ID, or a digest for unparsable mail).
+    pub remote_id: String,
+    /// Why it was kept.
+    pub reason: String,
+    /// Size of the kept raw input.
+    pub raw_bytes: i64,
+    /// When, Unix ms.
+    pub created_at: i64,
+}
+
 /// A stored event.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredMessage {
@@ -331,6 +348,40 @@ impl Store {
             .fetch_one(&self.pool)
             .await?;
         Ok(row.try_get(0)?)
+    }
+
+    /// Kept inputs, newest first: (id, side, remote id, reason, raw size in bytes, kept at Unix ms).
+    pub async fn quarantine_list(&self, limit: i64) -> Result<Vec<QuarantineEntry>> {
+        let rows = sqlx::query(
+            "SELECT id, side, remote_id, reason, COALESCE(LENGTH(raw), 0), created_at FROM quarantine ORDER BY id DESC LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(QuarantineEntry {
+                    id: r.try_get(0)?,
+                    side: r.try_get(1)?,
+                    remote_id: r.try_get(2)?,
+                    reason: r.try_get(3)?,
+                    raw_bytes: r.try_get(4)?,
+                    created_at: r.try_get(5)?,
+                })
+            })
+            .collect()
+    }
+
+    /// The raw bytes of a kept input.
+    pub async fn quarantine_raw(&self, id: i64) -> Result<Option<Vec<u8>>> {
+        let row = sqlx::query("SELECT raw FROM quarantine WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        match row {
+            Some(r) => Ok(r.try_get::<Option<Vec<u8>>, _>(0)?),
+            None => Err(StoreError::NotFound(format!("quarantine entry {id}"))),
+        }
     }
 
     /// Reasons of kept inputs for a remote id.
