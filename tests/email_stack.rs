@@ -468,3 +468,69 @@ async fn lmtp_ingest_commits_before_250_and_loses_nothing_while_the_bridge_is_do
         assert_eq!(c.get(&w), Some(&1), "{w} exactly once: {c:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_uidvalidity_change_makes_the_bridge_read_the_mailbox_again_without_doubling() {
+    let Some(_stack) = stack() else { return };
+    let _g = lock().await;
+    let mut hub = Hub::new(None, Ingest::Imap);
+    let (uidvalidity, uidnext) = bridge_mailbox_status();
+    // A checkpoint from "another" mailbox: different UIDVALIDITY and a last UID far ahead. Honouring it
+    // would skip every mail below that UID; the bridge must notice and read the mailbox again.
+    let db = format!("sqlite://{}/bridge.db", hub.dir.path().display());
+    let store = bridge_core::Store::open(&db, 1).await.expect("store");
+    store
+        .save_checkpoint(
+            "bridge@example.test/INBOX",
+            uidvalidity - 1,
+            uidnext + 100_000,
+        )
+        .await
+        .expect("checkpoint");
+    store.close().await;
+    let group = format!("Uidvalidity {}", tag());
+    let puppet = "xyz@bridge.example.test";
+    let id = format!("{}@example.test", tag());
+    let raw = group_mail(
+        ("Alice", "alice@example.test"),
+        &["bob@example.test", puppet],
+        &group,
+        &id,
+        None,
+        "before start",
+    );
+    send_raw("alice@example.test", &["bob@example.test", puppet], &raw).await;
+    hub.start();
+    let r = hub.wait_records("the mail sent before start", WAIT * 2, |r| {
+        !record_texts(r, &group, "message").is_empty()
+    });
+    assert_eq!(record_texts(&r, &group, "message"), ["before start"]);
+    assert!(hub.log().contains("UIDVALIDITY") || hub.log().to_lowercase().contains("uidvalidity"));
+    // The checkpoint now carries the real UIDVALIDITY; a restart does not read everything again.
+    hub.kill();
+    let store = bridge_core::Store::open(&db, 1).await.expect("store");
+    let cp = store
+        .checkpoint("bridge@example.test/INBOX")
+        .await
+        .expect("cp")
+        .expect("saved");
+    store.close().await;
+    assert_eq!(cp.0, uidvalidity);
+    hub.start();
+    let id2 = format!("{}@example.test", tag());
+    let raw = group_mail(
+        ("Alice", "alice@example.test"),
+        &["bob@example.test", puppet],
+        &group,
+        &id2,
+        Some(&id),
+        "after restart",
+    );
+    send_raw("alice@example.test", &["bob@example.test", puppet], &raw).await;
+    let r = hub.wait_records("the next mail", WAIT, |r| {
+        record_texts(r, &group, "message").len() >= 2
+    });
+    let c = counts(record_texts(&r, &group, "message"));
+    assert_eq!(c.get("before start"), Some(&1));
+    assert_eq!(c.get("after restart"), Some(&1));
+}
