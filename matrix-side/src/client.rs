@@ -325,6 +325,39 @@ impl MatrixClient {
         event_id(&v)
     }
 
+    /// Reads a state event's content as the bot; `Ok(None)` when the room has none.
+    pub async fn get_state(
+        &self,
+        room: &str,
+        event_type: &str,
+        state_key: &str,
+    ) -> Result<Option<Value>, ClientError> {
+        let path = format!(
+            "/_matrix/client/v3/rooms/{}/state/{}/{}",
+            path_segment(room),
+            path_segment(event_type),
+            path_segment(state_key)
+        );
+        match self.call(Method::GET, &path, None, &[], None).await {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if e.errcode() == Some("M_NOT_FOUND") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The joined members of a room (user ids), as the bot.
+    pub async fn joined_members(&self, room: &str) -> Result<Vec<String>, ClientError> {
+        let path = format!(
+            "/_matrix/client/v3/rooms/{}/joined_members",
+            path_segment(room)
+        );
+        let v = self.call(Method::GET, &path, None, &[], None).await?;
+        Ok(v.get("joined")
+            .and_then(Value::as_object)
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default())
+    }
+
     /// Redacts an event as `user`.
     pub async fn redact(
         &self,

@@ -1,8 +1,10 @@
 //! The `[matrix]` config section.
 
+use crate::commands::Permissions;
 use crate::ids::GhostNamer;
 use bridge_core::config::{ConfigError, secret};
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -41,6 +43,10 @@ pub struct MatrixConfig {
     /// Appservice id of the registration.
     #[serde(default = "default_id")]
     pub registration_id: String,
+    /// Who may use the bot's commands: `"*"`, a domain or an mxid → `relay` / `user` / `admin`.
+    /// Default: users of `server_name` are `user`, others nothing.
+    #[serde(default)]
+    pub permissions: BTreeMap<String, String>,
 }
 
 fn default_bot() -> String {
@@ -73,6 +79,8 @@ pub struct MatrixSettings {
     pub public_url: String,
     /// Appservice id.
     pub registration_id: String,
+    /// Command permissions.
+    pub permissions: Permissions,
 }
 
 fn localpart_ok(s: &str) -> bool {
@@ -140,7 +148,10 @@ impl MatrixConfig {
                 "as_token and hs_token must be set and differ (`coi-bridge generate-registration` makes them)",
             ));
         }
+        let permissions = Permissions::parse(&self.server_name, &self.permissions)
+            .map_err(|e| ConfigError::invalid("matrix.permissions", e))?;
         Ok(MatrixSettings {
+            permissions,
             homeserver_url: url.to_owned(),
             as_token,
             hs_token,
@@ -172,6 +183,7 @@ impl MatrixConfig {
             listen: default_listen(),
             url: None,
             registration_id: default_id(),
+            permissions: BTreeMap::new(),
         }
     }
 }

@@ -5,11 +5,13 @@
 //! - [`convert`]: Matrix content ⇄ the hub's IR (pure);
 //! - [`side`]: [`MatrixSide`], the hub's `Side` (portals, ghosts, sending);
 //! - [`startup`]: homeserver checks at start;
+//! - [`commands`]: the management room and the bot's commands;
 //! - [`registration`], [`config`], [`ids`].
 //!
 //! **Architecture Invariant:** every ghost user id is made and parsed by [`ids::GhostNamer`].
 
 pub mod client;
+pub mod commands;
 pub mod config;
 pub mod convert;
 pub mod ids;
@@ -25,6 +27,21 @@ pub use registration::Registration;
 pub use side::MatrixSide;
 pub use startup::{StartupError, StartupInfo, startup};
 
+/// The listener's state, with the bot's commands.
+fn listener_state(
+    settings: &MatrixSettings,
+    client: MatrixClient,
+    router: bridge_core::Router,
+) -> std::sync::Arc<ListenerState> {
+    let commands = commands::Commands::new(
+        client,
+        settings.namer.clone(),
+        router.clone(),
+        settings.permissions.clone(),
+    );
+    ListenerState::with_commands(&settings.hs_token, router, settings.namer.clone(), commands)
+}
+
 /// Binds the listener address and serves until `shutdown` completes.
 pub async fn run_listener(
     settings: &MatrixSettings,
@@ -32,7 +49,9 @@ pub async fn run_listener(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(settings.listen).await?;
-    let state = ListenerState::new(&settings.hs_token, router, settings.namer.clone());
+    let client = MatrixClient::new(&settings.homeserver_url, &settings.as_token)
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let state = listener_state(settings, client, router);
     listener::serve(listener, state, shutdown).await
 }
 
@@ -66,7 +85,7 @@ pub async fn start(
             addr: settings.listen,
             source,
         })?;
-    let state = ListenerState::new(&settings.hs_token, router, settings.namer.clone());
+    let state = listener_state(settings, side.client().clone(), router);
     let task = tokio::spawn(listener::serve(listener, state, shutdown));
     match startup(side.client(), settings, 10).await {
         Ok(info) => Ok((task, info)),

@@ -3,6 +3,7 @@
 //! **Architecture Invariant:** a transaction is answered 200 only after every event in it was
 //! committed through [`Router::ingest`], and its id is recorded in the store only after that.
 
+use crate::commands::Commands;
 use crate::convert::{Incoming, incoming};
 use crate::ids::GhostNamer;
 use axum::Router as Http;
@@ -26,6 +27,8 @@ pub struct ListenerState {
     namer: GhostNamer,
     /// Display names of Matrix users seen in member events.
     names: Mutex<BTreeMap<String, String>>,
+    /// The bot's commands (none in listener-only tests).
+    commands: Option<Commands>,
 }
 
 impl ListenerState {
@@ -36,6 +39,23 @@ impl ListenerState {
             router,
             namer,
             names: Mutex::new(BTreeMap::new()),
+            commands: None,
+        })
+    }
+
+    /// State for a listener that also answers the bot's commands.
+    pub fn with_commands(
+        hs_token: &str,
+        router: Router,
+        namer: GhostNamer,
+        commands: Commands,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            hs_token: hs_token.to_owned(),
+            router,
+            namer,
+            names: Mutex::new(BTreeMap::new()),
+            commands: Some(commands),
         })
     }
 }
@@ -180,6 +200,18 @@ struct Txn {
     ephemeral: Vec<Value>,
 }
 
+impl Txn {
+    /// What identifies a transaction besides its id: its events' ids and how many ephemeral ones.
+    fn fingerprint(&self) -> String {
+        let ids: Vec<&str> = self
+            .events
+            .iter()
+            .filter_map(|e| str_of(e, "event_id"))
+            .collect();
+        format!("{}|{}", ids.join(","), self.ephemeral.len())
+    }
+}
+
 fn parse_txn(body: &[u8]) -> Result<Txn, String> {
     let v: Value = serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
     let obj = v.as_object().ok_or("the body is not a JSON object")?;
@@ -222,12 +254,15 @@ async fn transaction(
         }
     };
     let store = st.router.store();
+    // Synapse on SQLite numbers transactions from 1 again after a restart: an id names the same
+    // transaction only if it carries the same events (a new one is ingested; event ids dedupe).
+    let fingerprint = txn.fingerprint();
     match store.kv_get(&txn_key(&txn_id)).await {
-        Ok(Some(_)) => {
+        Ok(Some(seen)) if seen == fingerprint => {
             tracing::debug!(%txn_id, "Transaction already processed.");
             return ok_empty();
         }
-        Ok(None) => {}
+        Ok(_) => {}
         Err(e) => {
             tracing::warn!(%txn_id, error = %e, "Store error; the homeserver will retry.");
             return error(
@@ -237,8 +272,20 @@ async fn transaction(
             );
         }
     }
+    // Commands are answered (and not bridged); each is handled once, by event id.
+    let mut consumed = Vec::new();
+    if let Some(c) = &st.commands {
+        for ev in &txn.events {
+            if c.handle(ev).await {
+                consumed.extend(str_of(ev, "event_id"));
+            }
+        }
+    }
     let mut remote = Vec::new();
     for ev in txn.events.iter().chain(&txn.ephemeral) {
+        if str_of(ev, "event_id").is_some_and(|id| consumed.contains(&id)) {
+            continue;
+        }
         remote.extend(to_remote(&st, ev));
     }
     for ev in remote {
@@ -271,10 +318,7 @@ async fn transaction(
             );
         }
     }
-    if let Err(e) = store
-        .kv_set(&txn_key(&txn_id), &bridge_core::store::now_ms().to_string())
-        .await
-    {
+    if let Err(e) = store.kv_set(&txn_key(&txn_id), &fingerprint).await {
         // Every event is committed; a retry is deduplicated by event id.
         tracing::warn!(%txn_id, error = %e, "Could not record the transaction id.");
     }

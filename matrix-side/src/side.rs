@@ -40,6 +40,35 @@ fn store_err(e: bridge_core::StoreError) -> SideError {
     SideError::retry(format!("store: {e}"))
 }
 
+/// The `createRoom` body of a portal room: private, named, with `m.bridge` state, inviting `invite`.
+pub(crate) fn portal_body(
+    namer: &GhostNamer,
+    group_id: &str,
+    name: &str,
+    topic: &str,
+    invite: &[&str],
+) -> Value {
+    let info = json!({
+        "bridgebot": namer.bot_user_id(),
+        "protocol": {"id": "coi", "displayname": "Email (COI)"},
+        "channel": {"id": group_id, "displayname": name},
+    });
+    let state_key = format!("coi://email/{group_id}");
+    let mut body = json!({
+        "preset": "private_chat",
+        "name": name,
+        "invite": invite,
+        "initial_state": [
+            {"type": "m.bridge", "state_key": state_key, "content": info},
+            {"type": "uk.half-shot.bridge", "state_key": state_key, "content": info},
+        ],
+    });
+    if !topic.is_empty() {
+        body["topic"] = json!(topic);
+    }
+    body
+}
+
 impl MatrixSide {
     /// Builds the side (no I/O).
     pub fn new(settings: &MatrixSettings, store: Store) -> Result<Self, ClientError> {
@@ -143,25 +172,13 @@ impl MatrixSide {
             })
             .map(|m| m.native_id.as_str())
             .collect();
-        let bot = self.namer.bot_user_id();
-        let info = json!({
-            "bridgebot": bot,
-            "protocol": {"id": "coi", "displayname": "Email (COI)"},
-            "channel": {"id": item.chat.group_id, "displayname": item.chat.name},
-        });
-        let state_key = format!("coi://email/{}", item.chat.group_id);
-        let mut body = json!({
-            "preset": "private_chat",
-            "name": item.chat.name,
-            "invite": invite,
-            "initial_state": [
-                {"type": "m.bridge", "state_key": state_key, "content": info},
-                {"type": "uk.half-shot.bridge", "state_key": state_key, "content": info},
-            ],
-        });
-        if !item.chat.topic.is_empty() {
-            body["topic"] = json!(item.chat.topic);
-        }
+        let body = portal_body(
+            &self.namer,
+            &item.chat.group_id,
+            &item.chat.name,
+            &item.chat.topic,
+            &invite,
+        );
         let room = self.client.create_room(&body).await?;
         tracing::info!(chat = %item.chat.id, %room, "Portal room created.");
         // Kept before the hub links it, so a crash in between does not open a second room.
