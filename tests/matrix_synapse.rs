@@ -13,109 +13,12 @@ use bridge_core::testing::FakeSide;
 use bridge_core::{Bridge, IngestOutcome, RetryPolicy, SideName, Store};
 use matrix_side::{MatrixConfig, MatrixSide};
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+mod matrix_support;
 
-fn synapse_env() -> BTreeMap<String, String> {
-    let out = std::process::Command::new(repo().join("deploy/synapse.sh"))
-        .arg("env")
-        .output()
-        .unwrap();
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.strip_prefix("export "))
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect()
-}
-
-/// The matrix-nio peer (tests/peers/nio_peer.py) as a JSON-lines child process.
-struct Peer {
-    child: tokio::process::Child,
-    stdin: tokio::process::ChildStdin,
-    rx: tokio::sync::mpsc::UnboundedReceiver<Value>,
-    backlog: Vec<Value>,
-    next_id: u64,
-}
-
-impl Peer {
-    async fn start(python: &str, hs: &str, user: &str, password: &str) -> Peer {
-        let mut child = tokio::process::Command::new(python)
-            .arg(repo().join("tests/peers/nio_peer.py"))
-            .args([hs, user, password])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let stdin = child.stdin.take().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stdout).lines();
-            while let Ok(Some(l)) = lines.next_line().await {
-                eprintln!("nio> {l}");
-                if let Ok(v) = serde_json::from_str::<Value>(&l) {
-                    let _ = tx.send(v);
-                }
-            }
-        });
-        let mut p = Peer {
-            child,
-            stdin,
-            rx,
-            backlog: Vec::new(),
-            next_id: 1,
-        };
-        let ready = p.wait("peer ready", |v| v["ready"] == true, 60).await;
-        assert_eq!(ready["ok"], true, "{ready}");
-        p
-    }
-
-    async fn wait(&mut self, what: &str, pred: impl Fn(&Value) -> bool, secs: u64) -> Value {
-        if let Some(i) = self.backlog.iter().position(&pred) {
-            return self.backlog.remove(i);
-        }
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(left, self.rx.recv()).await {
-                Ok(Some(v)) if pred(&v) => return v,
-                Ok(Some(v)) => self.backlog.push(v),
-                Ok(None) => panic!("nio peer exited while waiting for {what}"),
-                Err(_) => panic!(
-                    "timed out after {secs}s waiting for {what}; seen: {:?}",
-                    self.backlog
-                ),
-            }
-        }
-    }
-
-    async fn cmd(&mut self, mut req: Value) -> Value {
-        let id = self.next_id;
-        self.next_id += 1;
-        req["id"] = json!(id);
-        self.stdin
-            .write_all(format!("{req}\n").as_bytes())
-            .await
-            .unwrap();
-        let r = self
-            .wait("command reply", |v| v["id"] == json!(id), 60)
-            .await;
-        assert_eq!(r["ok"], true, "{req} -> {r}");
-        r
-    }
-}
+use matrix_support::{Peer, repo, synapse_env};
 
 async fn wait_delivered(
     email: &FakeSide,
