@@ -24,6 +24,20 @@ pub struct Capabilities {
     pub auto_portal: bool,
 }
 
+impl Capabilities {
+    /// Every capability on (test and recording sides that stand in for a full side).
+    pub fn all() -> Self {
+        Self {
+            edits: true,
+            redactions: true,
+            reactions: true,
+            attachments: true,
+            receipts: true,
+            auto_portal: true,
+        }
+    }
+}
+
 /// A chat member as a side sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MemberView {

@@ -36,14 +36,7 @@ impl FakeSide {
     pub fn new(name: &'static str) -> Arc<Self> {
         Arc::new(Self {
             name: SideName(name),
-            caps: Capabilities {
-                edits: true,
-                redactions: true,
-                reactions: true,
-                attachments: true,
-                receipts: true,
-                auto_portal: true,
-            },
+            caps: Capabilities::all(),
             delivered: Mutex::new(Vec::new()),
             script: Mutex::new(VecDeque::new()),
         })

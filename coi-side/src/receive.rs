@@ -28,12 +28,7 @@ pub fn mail_key(parsed: &ParsedEmail, raw: &[u8]) -> String {
         Some(id) if !id.trim().is_empty() => id.trim().to_owned(),
         _ => {
             // FNV-1a over the body after the header block: identical for the N copies one mail makes.
-            let body_start = find_body(raw);
-            let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-            for b in raw.get(body_start..).unwrap_or_default() {
-                h ^= u64::from(*b);
-                h = h.wrapping_mul(0x0100_0000_01b3);
-            }
+            let h = fnv1a(raw.get(find_body(raw)..).unwrap_or_default());
             let from = parsed.from.as_ref().map(|m| m.addr.as_str()).unwrap_or("");
             format!(
                 "no-message-id.{h:016x}.{}@{}",
@@ -42,6 +37,16 @@ pub fn mail_key(parsed: &ParsedEmail, raw: &[u8]) -> String {
             )
         }
     }
+}
+
+/// FNV-1a, 64 bit: a stable digest for keys of mail that lacks a usable id.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
 }
 
 fn find_body(raw: &[u8]) -> usize {

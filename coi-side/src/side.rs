@@ -3,7 +3,7 @@
 use crate::codec::{self, ParseLimits};
 use crate::config::{EmailConfig, EmailSecrets, IngestMode, SecurityMode};
 use crate::outgoing::{NotSent, render};
-use crate::receive::{Skip, mail_key, to_events};
+use crate::receive::{Skip, fnv1a, mail_key, to_events};
 use crate::transport::{
     self, Checkpoint, CheckpointStore, ImapConfig, InboundMail, InboundSink, IngestError,
     LmtpConfig, Security, SendError, SmtpConfig, SmtpSender,
@@ -181,12 +181,7 @@ impl MailSink {
 
 /// A stable key for a mail that does not parse.
 fn raw_key(raw: &[u8]) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in raw {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("unparsable.{h:016x}")
+    format!("unparsable.{:016x}", fnv1a(raw))
 }
 
 #[async_trait]

@@ -46,14 +46,7 @@ impl Side for RecordingSide {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            edits: true,
-            redactions: true,
-            reactions: true,
-            attachments: true,
-            receipts: true,
-            auto_portal: true,
-        }
+        Capabilities::all()
     }
 
     async fn deliver(&self, item: &OutboxItem) -> Result<Delivered, SideError> {
