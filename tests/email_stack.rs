@@ -410,6 +410,7 @@ async fn lmtp_ingest_commits_before_250_and_loses_nothing_while_the_bridge_is_do
     let _g = lock().await;
     let mut hub = Hub::new(None, Ingest::Lmtp);
     hub.start();
+    wait_listening("127.0.0.1:2424");
     let group = format!("Lmtp {}", tag());
     let puppet = format!("xyz@{LMTP_DOMAIN}");
     let root = format!("{}@example.test", tag());
@@ -431,29 +432,34 @@ async fn lmtp_ingest_commits_before_250_and_loses_nothing_while_the_bridge_is_do
         let puppet = puppet.clone();
         async move { send_raw("alice@example.test", &["bob@example.test", &puppet], &raw).await }
     };
-    // The listener may take a moment to bind; Postfix defers until it does.
+    // Waits for `n` mails of the group, asking Postfix to retry what it deferred while nobody listened.
+    let wait_flushing = |hub: &Hub, n: usize| {
+        let start = std::time::Instant::now();
+        loop {
+            flush_postfix_queue();
+            let r = hub.records();
+            if record_texts(&r, &group, "message").len() >= n || start.elapsed() > WAIT {
+                return r;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    };
     for i in 0..3 {
         send(i, format!("up {i}")).await;
     }
-    flush_postfix_queue();
-    hub.wait_records("3 mails over LMTP", WAIT, |r| {
-        record_texts(r, &group, "message").len() >= 3
-    });
+    let r = wait_flushing(&hub, 3);
+    assert_eq!(
+        record_texts(&r, &group, "message").len(),
+        3,
+        "3 mails over LMTP"
+    );
     // Bridge down: Postfix keeps the mail (LMTP connection refused → deferred), nothing is lost.
     hub.kill();
     for i in 3..6 {
         send(i, format!("down {i}")).await;
     }
     hub.start();
-    let start = std::time::Instant::now();
-    let r = loop {
-        flush_postfix_queue();
-        let r = hub.records();
-        if record_texts(&r, &group, "message").len() >= 6 || start.elapsed() > WAIT {
-            break r;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+    let r = wait_flushing(&hub, 6);
     let c = counts(record_texts(&r, &group, "message"));
     let want: Vec<String> = (0..3)
         .map(|i| format!("up {i}"))

@@ -370,6 +370,18 @@ pub fn counts<I: IntoIterator<Item = String>>(it: I) -> BTreeMap<String, usize> 
     m
 }
 
+/// Waits until something accepts TCP connections on `addr` (a bridge's listener).
+pub fn wait_listening(addr: &str) {
+    let start = Instant::now();
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "nothing listens on {addr}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Asks Postfix to retry deferred mail now.
 pub fn flush_postfix_queue() {
     let _ = Command::new("postqueue")
