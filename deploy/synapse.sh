@@ -3,7 +3,7 @@
 #
 #   synapse.sh up       install matrix-synapse + matrix-nio into the venv if missing, write the
 #                       config and the appservice registration, start Synapse daemonized, wait for
-#                       /health, create the test user @alice:matrix.test / alicepass
+#                       /health, create the test users @alice:matrix.test / alicepass and @dan:matrix.test / danpass
 #   synapse.sh down     stop Synapse (SIGTERM to its pid, wait for exit)
 #   synapse.sh status   exit 0 when Synapse answers /health
 #   synapse.sh env      shell exports for tests:  eval "$(deploy/synapse.sh env)"
@@ -207,7 +207,9 @@ case "$cmd" in
       start
     fi
     ensure_user alice alicepass
-    log "ready: $HS_URL  user @alice:$SERVER_NAME / alicepass  appservice url $AS_URL"
+    # A second Matrix person for the tests (joins, leaves, benchmarks' user -> user baseline).
+    ensure_user dan danpass
+    log "ready: $HS_URL  user @alice:$SERVER_NAME / alicepass (and @dan / danpass)  appservice url $AS_URL"
     ;;
   down) stop ;;
   status)

@@ -33,6 +33,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
+mod matrix_support;
+
+use matrix_support::ListenerLock;
+
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -45,24 +49,6 @@ fn gated() -> bool {
         "skipped: set COI_TEST_SYNAPSE=1 to run against a real Synapse (deploy/synapse.sh up)"
     );
     false
-}
-
-/// Only one bridge listener may hold the registration's URL (127.0.0.1:29331) at a time: the
-/// same exclusive file lock as the other Synapse tests (released when the file is dropped).
-struct ListenerLock(#[allow(dead_code)] std::fs::File);
-
-impl ListenerLock {
-    async fn take() -> ListenerLock {
-        let f =
-            std::fs::File::create(std::env::temp_dir().join("coi-synapse-listener.lock")).unwrap();
-        let f = tokio::task::spawn_blocking(move || {
-            f.lock().unwrap();
-            f
-        })
-        .await
-        .unwrap();
-        ListenerLock(f)
-    }
 }
 
 async fn synapse(cmd: &str) {

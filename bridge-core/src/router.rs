@@ -217,7 +217,14 @@ impl Router {
         }
         let mut woken = Vec::new();
         if deliverable {
-            let linked: BTreeSet<String> = tx.chat_sides(chat).await?.into_iter().collect();
+            // A side takes part when the chat is linked there, when it has members from there
+            // (a chat opened on Matrix with email members reaches email before email links it),
+            // or when the event is about one of its people (the last one leaving).
+            let mut linked: BTreeSet<String> = tx.chat_sides(chat).await?.into_iter().collect();
+            linked.extend(tx.member_sides(chat).await?);
+            if let EventKind::Membership { subject, .. } = &event {
+                linked.insert(subject.side.as_str().to_owned());
+            }
             for s in self.sides.iter() {
                 if s.name == ev.side || !wants(s, &event) {
                     continue;

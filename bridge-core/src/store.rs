@@ -1047,6 +1047,18 @@ impl StoreTx {
         rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
     }
 
+    /// The sides the chat's joined members come from.
+    pub async fn member_sides(&mut self, chat: ChatId) -> Result<Vec<String>> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT p.origin_side FROM chat_member m JOIN puppet p ON p.id = m.puppet_id \
+             WHERE m.chat_id = $1 AND m.joined = 1 ORDER BY p.origin_side",
+        )
+        .bind(chat.0)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
+    }
+
     /// Sets a member's state; returns true if it changed.
     pub async fn set_member(
         &mut self,

@@ -42,6 +42,16 @@ impl FakeSide {
         })
     }
 
+    /// A side with the given capabilities.
+    pub fn with_capabilities(name: &'static str, caps: Capabilities) -> Arc<Self> {
+        Arc::new(Self {
+            name: SideName(name),
+            caps,
+            delivered: Mutex::new(Vec::new()),
+            script: Mutex::new(VecDeque::new()),
+        })
+    }
+
     /// Everything delivered so far.
     pub fn delivered(&self) -> Vec<OutboxItem> {
         self.delivered.lock().map(|d| d.clone()).unwrap_or_default()

@@ -387,3 +387,90 @@ async fn membership_and_chat_info_changes_are_applied_and_bridged_once() {
         assert!(members.iter().any(|m| m.native_id == "carol" && !m.joined));
     }
 }
+
+/// A side that does not open portals (email) still gets a chat opened elsewhere once the chat has a
+/// member from there, and the event that removes its last member; nothing before.
+#[tokio::test]
+async fn a_side_takes_part_through_its_members() {
+    use bridge_core::testing::FakeSide;
+    use bridge_core::{Bridge, Capabilities, RetryPolicy};
+    use std::time::Duration;
+    for b in common::backends().await {
+        let alpha = FakeSide::new("alpha");
+        let beta = FakeSide::with_capabilities(
+            "beta",
+            Capabilities {
+                auto_portal: false,
+                ..Capabilities::all()
+            },
+        );
+        let bridge = Bridge::builder(b.store.clone())
+            .retry(RetryPolicy {
+                initial: Duration::from_millis(0),
+                max: Duration::from_millis(0),
+                max_attempts: 5,
+            })
+            .side(alpha.clone())
+            .side(beta.clone())
+            .build();
+        let router = bridge.router();
+        let room = format!("room-{}", uuid::Uuid::new_v4().simple());
+        let alice = UserRef::new(SideName("alpha"), "alice", None);
+        let bob = UserRef::new(SideName("beta"), "bob@x", None);
+        router
+            .create_chat(
+                "Team",
+                "",
+                Some((SideName("alpha"), &room)),
+                &[alice.clone()],
+            )
+            .await
+            .unwrap();
+        let drain = || async {
+            bridge.drain_once(SideName("beta")).await.unwrap();
+            beta.delivered()
+                .iter()
+                .map(|i| i.event.name())
+                .collect::<Vec<_>>()
+        };
+        let id = |n: &str| format!("{room}-{n}");
+        router
+            .ingest(text_event(
+                "alpha",
+                &room,
+                "alice",
+                &id("m1"),
+                "nobody there",
+            ))
+            .await
+            .unwrap();
+        assert!(drain().await.is_empty(), "no member on beta yet");
+        let member = |change| {
+            with_kind(
+                text_event("alpha", &room, "alice", "", ""),
+                EventKind::Membership {
+                    subject: bob.clone(),
+                    change,
+                },
+            )
+        };
+        let mut join = member(MembershipChange::Join);
+        join.remote_id = id("join");
+        router.ingest(join).await.unwrap();
+        router
+            .ingest(text_event("alpha", &room, "alice", &id("m2"), "hi bob"))
+            .await
+            .unwrap();
+        assert_eq!(drain().await, vec!["membership", "message"], "{}", b.name);
+        let mut leave = member(MembershipChange::Leave);
+        leave.remote_id = id("leave");
+        router.ingest(leave).await.unwrap();
+        assert_eq!(
+            drain().await,
+            vec!["membership", "message", "membership"],
+            "the leave of beta's last member reaches beta ({})",
+            b.name
+        );
+        std::mem::forget(b);
+    }
+}

@@ -123,37 +123,7 @@ impl MatrixClient {
             .send()
             .await
             .map_err(|e| ClientError::Network(e.to_string()))?;
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let text = resp
-            .text()
-            .await
-            .map_err(|e| ClientError::Network(e.to_string()))?;
-        let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-        if status.is_success() {
-            return Ok(value);
-        }
-        if status == StatusCode::TOO_MANY_REQUESTS {
-            return Err(ClientError::RateLimited {
-                retry_after: retry_after(&headers, &value),
-            });
-        }
-        let field = |k: &str| {
-            value
-                .get(k)
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_owned()
-        };
-        let mut error = field("error");
-        if error.is_empty() {
-            error = text.chars().take(200).collect();
-        }
-        Err(ClientError::Http {
-            status: status.as_u16(),
-            errcode: field("errcode"),
-            error,
-        })
+        json_result(resp).await
     }
 
     /// `GET /_matrix/client/versions`.
@@ -390,6 +360,108 @@ impl MatrixClient {
             .map(|_| ())
     }
 
+    /// `GET /_matrix/client/v1/media/config`: the largest upload the homeserver takes, if it says.
+    pub async fn media_upload_limit(&self) -> Result<Option<u64>, ClientError> {
+        let v = self
+            .call(
+                Method::GET,
+                "/_matrix/client/v1/media/config",
+                None,
+                &[],
+                None,
+            )
+            .await?;
+        Ok(v.get("m.upload.size").and_then(Value::as_u64))
+    }
+
+    /// Uploads a file as `user` (the bot when `None`); returns its `mxc://` URI.
+    pub async fn upload(
+        &self,
+        user: Option<&str>,
+        filename: &str,
+        mime_type: &str,
+        data: Vec<u8>,
+    ) -> Result<String, ClientError> {
+        let mut q: Vec<(&str, String)> = vec![("filename", filename.to_owned())];
+        if let Some(u) = user {
+            q.push(("user_id", u.to_owned()));
+        }
+        let resp = self
+            .http
+            .post(format!("{}/_matrix/media/v3/upload", self.base))
+            .bearer_auth(&self.as_token)
+            .query(&q)
+            .header(reqwest::header::CONTENT_TYPE, mime_type)
+            .timeout(Duration::from_secs(300))
+            .body(data)
+            .send()
+            .await
+            .map_err(|e| ClientError::Network(e.to_string()))?;
+        let v = json_result(resp).await?;
+        v.get("content_uri")
+            .and_then(Value::as_str)
+            .filter(|u| u.starts_with("mxc://"))
+            .map(str::to_owned)
+            .ok_or_else(|| ClientError::Http {
+                status: 200,
+                errcode: String::new(),
+                error: "upload answered without content_uri".into(),
+            })
+    }
+
+    /// Downloads an `mxc://` URI through the authenticated media API (as the bot), refusing more
+    /// than `max_bytes`. Returns the bytes and the server's content type.
+    pub async fn download(&self, mxc: &str, max_bytes: u64) -> Result<Download, ClientError> {
+        let Some((server, media_id)) = parse_mxc(mxc) else {
+            return Err(ClientError::Http {
+                status: 400,
+                errcode: "M_INVALID_PARAM".into(),
+                error: format!("not an mxc:// URI: {mxc}"),
+            });
+        };
+        let url = format!(
+            "{}/_matrix/client/v1/media/download/{}/{}",
+            self.base,
+            path_segment(server),
+            path_segment(media_id)
+        );
+        let mut resp = self
+            .http
+            .get(url)
+            .bearer_auth(&self.as_token)
+            .timeout(Duration::from_secs(300))
+            .send()
+            .await
+            .map_err(|e| ClientError::Network(e.to_string()))?;
+        if !resp.status().is_success() {
+            return Err(json_result(resp).await.err().unwrap_or(ClientError::Http {
+                status: 0,
+                errcode: String::new(),
+                error: "download failed".into(),
+            }));
+        }
+        if resp.content_length().is_some_and(|n| n > max_bytes) {
+            return Ok(Download::TooLarge);
+        }
+        let content_type = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let mut data = Vec::new();
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| ClientError::Network(e.to_string()))?
+        {
+            if (data.len() + chunk.len()) as u64 > max_bytes {
+                return Ok(Download::TooLarge);
+            }
+            data.extend_from_slice(&chunk);
+        }
+        Ok(Download::Bytes { data, content_type })
+    }
+
     /// `POST /_matrix/client/v1/appservice/{id}/ping`: the homeserver calls us back; returns its duration.
     pub async fn ping(&self, appservice_id: &str, txn_id: &str) -> Result<u64, ClientError> {
         let path = format!(
@@ -407,6 +479,69 @@ impl MatrixClient {
             .await?;
         Ok(v.get("duration_ms").and_then(Value::as_u64).unwrap_or(0))
     }
+}
+
+/// A media download.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Download {
+    /// The file.
+    Bytes {
+        /// Its bytes.
+        data: Vec<u8>,
+        /// The server's `Content-Type`, if any.
+        content_type: Option<String>,
+    },
+    /// Larger than the limit asked for; nothing was kept.
+    TooLarge,
+}
+
+/// Splits `mxc://server/id`; both parts must be non-empty and free of `/`.
+pub fn parse_mxc(mxc: &str) -> Option<(&str, &str)> {
+    let (server, id) = mxc.strip_prefix("mxc://")?.split_once('/')?;
+    (!server.is_empty() && !id.is_empty() && !id.contains('/')).then_some((server, id))
+}
+
+/// A JSON answer, or the error it carries (as [`MatrixClient::call`] classifies them).
+async fn json_result(resp: reqwest::Response) -> Result<Value, ClientError> {
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let text = resp
+        .text()
+        .await
+        .map_err(|e| ClientError::Network(e.to_string()))?;
+    classify(status, &headers, &text)
+}
+
+fn classify(
+    status: StatusCode,
+    headers: &reqwest::header::HeaderMap,
+    text: &str,
+) -> Result<Value, ClientError> {
+    let value: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+    if status.is_success() {
+        return Ok(value);
+    }
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        return Err(ClientError::RateLimited {
+            retry_after: retry_after(headers, &value),
+        });
+    }
+    let field = |k: &str| {
+        value
+            .get(k)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned()
+    };
+    let mut error = field("error");
+    if error.is_empty() {
+        error = text.chars().take(200).collect();
+    }
+    Err(ClientError::Http {
+        status: status.as_u16(),
+        errcode: field("errcode"),
+        error,
+    })
 }
 
 fn event_id(v: &Value) -> Result<String, ClientError> {

@@ -47,6 +47,13 @@ pub struct MatrixConfig {
     /// Default: users of `server_name` are `user`, others nothing.
     #[serde(default)]
     pub permissions: BTreeMap<String, String>,
+    /// Largest file fetched from Matrix to send on (bytes); larger ones become a notice.
+    #[serde(default = "default_max_file_bytes")]
+    pub max_file_bytes: u64,
+}
+
+fn default_max_file_bytes() -> u64 {
+    30 * 1024 * 1024
 }
 
 fn default_bot() -> String {
@@ -81,6 +88,8 @@ pub struct MatrixSettings {
     pub registration_id: String,
     /// Command permissions.
     pub permissions: Permissions,
+    /// Largest file fetched from Matrix.
+    pub max_file_bytes: u64,
 }
 
 fn localpart_ok(s: &str) -> bool {
@@ -166,6 +175,7 @@ impl MatrixConfig {
                 .clone()
                 .unwrap_or_else(|| format!("http://{listen}")),
             registration_id: self.registration_id.clone(),
+            max_file_bytes: self.max_file_bytes,
         })
     }
 
@@ -184,6 +194,7 @@ impl MatrixConfig {
             url: None,
             registration_id: default_id(),
             permissions: BTreeMap::new(),
+            max_file_bytes: default_max_file_bytes(),
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Matrix event content ⇄ the hub's IR. Pure: no I/O, no store.
 
-use bridge_core::ir::{MessageContent, Part, Relation};
+use bridge_core::ir::{AttachmentKind, MessageContent, Part, Relation};
 use serde_json::{Value, json};
 
 /// What one incoming Matrix room event means to the hub (before chat and sender are attached).
@@ -104,9 +104,8 @@ pub fn message_content(content: &Value, is_reply: bool) -> Option<MessageContent
             emote: msgtype == "m.emote",
             notice: msgtype == "m.notice",
         },
-        // Media download is not wired yet: say so honestly instead of dropping the message.
         "m.image" | "m.file" | "m.audio" | "m.video" => {
-            Part::text(format!("📎 {body} (attachment not bridged yet)"))
+            return Some(media_message(content, msgtype, &body));
         }
         _ => Part::text(body),
     };
@@ -115,6 +114,155 @@ pub fn message_content(content: &Value, is_reply: bool) -> Option<MessageContent
         reply_to: None,
         wants_receipt: false,
     })
+}
+
+/// A file name safe to put in a mail: the last path component, no control characters.
+pub fn safe_filename(name: &str) -> String {
+    let last = name.rsplit(['/', '\\']).next().unwrap_or("");
+    let clean: String = last
+        .chars()
+        .filter(|c| !c.is_control())
+        .collect::<String>()
+        .trim()
+        .trim_start_matches('.')
+        .chars()
+        .take(200)
+        .collect();
+    if clean.is_empty() {
+        "file".to_owned()
+    } else {
+        clean
+    }
+}
+
+/// Adds an extension from the MIME type to a name without one (mail clients open files by it).
+fn with_extension(name: String, mime: &str) -> String {
+    if name.contains('.') {
+        return name;
+    }
+    let ext = match mime.to_ascii_lowercase().as_str() {
+        "image/jpeg" => "jpg",
+        "image/png" => "png",
+        "image/gif" => "gif",
+        "image/webp" => "webp",
+        "image/svg+xml" => "svg",
+        "audio/ogg" | "audio/opus" => "ogg",
+        "audio/mpeg" => "mp3",
+        "audio/mp4" | "audio/aac" => "m4a",
+        "video/mp4" => "mp4",
+        "video/webm" => "webm",
+        "application/pdf" => "pdf",
+        "text/plain" => "txt",
+        _ => return name,
+    };
+    format!("{name}.{ext}")
+}
+
+/// The `mxc://` URI of a media message (`m.image`, `m.file`, `m.audio`, `m.video`, `m.sticker`).
+pub fn media_url(content: &Value) -> Option<&str> {
+    s(content, "url").filter(|u| u.starts_with("mxc://"))
+}
+
+/// A media message as IR: an attachment whose bytes are still to be fetched (`data` empty), after a
+/// caption when the body is not just the file name (MSC2530). Encrypted media cannot be fetched.
+fn media_message(content: &Value, msgtype: &str, body: &str) -> MessageContent {
+    let filename = s(content, "filename").filter(|f| !f.is_empty());
+    let caption = filename.is_some_and(|f| f != body && !body.is_empty());
+    let info = content.get("info");
+    let mime = info
+        .and_then(|i| s(i, "mimetype"))
+        .filter(|m| m.contains('/'))
+        .unwrap_or("application/octet-stream");
+    let name = with_extension(safe_filename(filename.unwrap_or(body)), mime);
+    let mut parts = Vec::new();
+    if caption {
+        parts.push(Part::text(body));
+    }
+    if media_url(content).is_none() {
+        let why = if content.get("file").is_some() {
+            "encrypted attachments are not bridged"
+        } else {
+            "the attachment has no URL"
+        };
+        parts.push(Part::text(format!("📎 {name} ({why})")));
+    } else {
+        let voice = content.get("org.matrix.msc3245.voice").is_some();
+        let kind = match msgtype {
+            "m.image" => AttachmentKind::Image,
+            "m.sticker" => AttachmentKind::Sticker,
+            "m.audio" if voice => AttachmentKind::Voice,
+            "m.audio" => AttachmentKind::Audio,
+            "m.video" => AttachmentKind::Video,
+            _ => AttachmentKind::File,
+        };
+        parts.push(Part::Attachment {
+            filename: name,
+            mime_type: mime.to_owned(),
+            kind,
+            data: Vec::new(),
+            duration_ms: info.and_then(|i| i.get("duration")).and_then(Value::as_u64),
+        });
+    }
+    MessageContent {
+        parts,
+        reply_to: None,
+        wants_receipt: false,
+    }
+}
+
+/// The `msgtype` (and event type) for an attachment kind.
+fn media_types(kind: AttachmentKind) -> (&'static str, &'static str) {
+    match kind {
+        AttachmentKind::Image => ("m.room.message", "m.image"),
+        AttachmentKind::Sticker => ("m.sticker", "m.image"),
+        AttachmentKind::Audio | AttachmentKind::Voice => ("m.room.message", "m.audio"),
+        AttachmentKind::Video => ("m.room.message", "m.video"),
+        AttachmentKind::File => ("m.room.message", "m.file"),
+    }
+}
+
+/// What an uploaded attachment's event says about the file.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MediaInfo {
+    /// MIME type.
+    pub mime_type: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Width and height of a picture, when known.
+    pub dimensions: Option<(u64, u64)>,
+    /// Duration of audio or video, in milliseconds.
+    pub duration_ms: Option<u64>,
+}
+
+/// The event type and content for an uploaded attachment (`mxc`).
+pub fn media_content(
+    kind: AttachmentKind,
+    filename: &str,
+    mxc: &str,
+    info: &MediaInfo,
+    reply_to: Option<&Relation>,
+) -> (&'static str, Value) {
+    let (event_type, msgtype) = media_types(kind);
+    let mut i = json!({"mimetype": info.mime_type, "size": info.size});
+    if let Some((w, h)) = info.dimensions {
+        i["w"] = json!(w);
+        i["h"] = json!(h);
+    }
+    if let Some(d) = info.duration_ms {
+        i["duration"] = json!(d);
+    }
+    let mut c = json!({"body": filename, "filename": filename, "url": mxc, "info": i});
+    if event_type == "m.room.message" {
+        c["msgtype"] = json!(msgtype);
+    }
+    if kind == AttachmentKind::Voice {
+        c["org.matrix.msc3245.voice"] = json!({});
+        c["org.matrix.msc1767.audio"] = json!({"duration": info.duration_ms.unwrap_or(0)});
+    }
+    if let Some(id) = reply_to.and_then(|r| r.remote_id.as_deref()) {
+        c["m.relates_to"] = json!({"m.in_reply_to": {"event_id": id}});
+    }
+    (event_type, c)
 }
 
 /// Interprets one room event (PDU) from a transaction.
@@ -129,10 +277,18 @@ pub fn incoming(event: &Value) -> Incoming {
             if let (Some("m.replace"), Some(target)) = (rel_type, rel_target) {
                 let new = content.get("m.new_content").unwrap_or(content);
                 return match message_content(new, false) {
-                    Some(c) => Incoming::Edit {
-                        target: target.to_owned(),
-                        content: c,
-                    },
+                    Some(mut c) => {
+                        // A media edit changes its caption; the file itself stays.
+                        for p in &mut c.parts {
+                            if let Part::Attachment { filename, .. } = p {
+                                *p = Part::text(std::mem::take(filename));
+                            }
+                        }
+                        Incoming::Edit {
+                            target: target.to_owned(),
+                            content: c,
+                        }
+                    }
                     None => Incoming::Ignore,
                 };
             }
@@ -146,6 +302,15 @@ pub fn incoming(event: &Value) -> Incoming {
                 }
                 None => Incoming::Ignore,
             }
+        }
+        "m.sticker" => {
+            let body = s(content, "body").unwrap_or("sticker");
+            let mut c = media_message(content, "m.sticker", body);
+            c.reply_to = relates
+                .and_then(|r| r.get("m.in_reply_to"))
+                .and_then(|r| s(r, "event_id"))
+                .map(Relation::remote);
+            Incoming::Message(c)
         }
         "m.reaction" => match (rel_type, rel_target, relates.and_then(|r| s(r, "key"))) {
             (Some("m.annotation"), Some(t), Some(k)) => Incoming::Reaction {
@@ -218,8 +383,9 @@ pub fn part_content(part: &Part, reply_to: Option<&Relation>) -> Value {
             }
             c
         }
+        // Files go through `media_content` after an upload; this is the text stand-in (edits).
         Part::Attachment { filename, .. } => {
-            json!({"msgtype": "m.notice", "body": format!("📎 {filename} (attachment not bridged yet)")})
+            json!({"msgtype": "m.text", "body": format!("📎 {filename}")})
         }
     };
     if let Some(id) = reply_to.and_then(|r| r.remote_id.as_deref()) {
@@ -363,6 +529,110 @@ mod tests {
                 }
             }
         );
+    }
+
+    #[test]
+    fn media_in() {
+        let ev = json!({"type": "m.room.message", "content": {
+            "msgtype": "m.image", "body": "cat.png", "url": "mxc://hs/abc",
+            "info": {"mimetype": "image/png", "size": 3}}});
+        let Incoming::Message(m) = incoming(&ev) else {
+            panic!()
+        };
+        assert_eq!(media_url(&ev["content"]), Some("mxc://hs/abc"));
+        assert_eq!(
+            m.parts,
+            vec![Part::Attachment {
+                filename: "cat.png".into(),
+                mime_type: "image/png".into(),
+                kind: AttachmentKind::Image,
+                data: Vec::new(),
+                duration_ms: None
+            }]
+        );
+        // A caption (MSC2530) comes first as text; a path in the name is cut; voice is voice.
+        let ev = json!({"type": "m.room.message", "content": {
+            "msgtype": "m.audio", "body": "listen to this", "filename": "../../etc/rec",
+            "url": "mxc://hs/v", "org.matrix.msc3245.voice": {},
+            "info": {"mimetype": "audio/ogg", "duration": 2500}}});
+        let Incoming::Message(m) = incoming(&ev) else {
+            panic!()
+        };
+        assert_eq!(m.parts[0], Part::text("listen to this"));
+        assert!(
+            matches!(&m.parts[1], Part::Attachment { filename, kind: AttachmentKind::Voice,
+            duration_ms: Some(2500), .. } if filename == "rec.ogg")
+        );
+        // Encrypted media (no `url`) is said, not dropped.
+        let ev = json!({"type": "m.room.message", "content": {
+            "msgtype": "m.file", "body": "secret.pdf", "file": {"url": "mxc://hs/e"}}});
+        let Incoming::Message(m) = incoming(&ev) else {
+            panic!()
+        };
+        assert!(matches!(&m.parts[0], Part::Text { body, .. } if body.contains("encrypted")));
+        // Stickers.
+        let ev = json!({"type": "m.sticker", "content": {
+            "body": "party", "url": "mxc://hs/s", "info": {"mimetype": "image/webp"}}});
+        let Incoming::Message(m) = incoming(&ev) else {
+            panic!()
+        };
+        assert!(
+            matches!(&m.parts[0], Part::Attachment { filename, kind: AttachmentKind::Sticker, .. }
+            if filename == "party.webp")
+        );
+        // Editing a media caption edits text only.
+        let ev = json!({"type": "m.room.message", "content": {
+            "msgtype": "m.image", "body": "* new caption", "url": "mxc://hs/abc",
+            "m.new_content": {"msgtype": "m.image", "body": "new caption", "url": "mxc://hs/abc"},
+            "m.relates_to": {"rel_type": "m.replace", "event_id": "$img"}}});
+        let Incoming::Edit { content, .. } = incoming(&ev) else {
+            panic!()
+        };
+        assert!(content.parts.iter().all(|p| matches!(p, Part::Text { .. })));
+        assert_eq!(safe_filename(" \u{7}..hidden"), "hidden");
+        assert_eq!(safe_filename("a/b\\c.txt"), "c.txt");
+        assert_eq!(safe_filename(""), "file");
+    }
+
+    #[test]
+    fn media_out() {
+        let info = MediaInfo {
+            mime_type: "audio/ogg".into(),
+            size: 10,
+            dimensions: None,
+            duration_ms: Some(1200),
+        };
+        let (t, c) = media_content(
+            AttachmentKind::Voice,
+            "v.ogg",
+            "mxc://hs/x",
+            &info,
+            Some(&Relation::remote("$r")),
+        );
+        assert_eq!(t, "m.room.message");
+        assert_eq!(c["msgtype"], "m.audio");
+        assert_eq!(c["info"]["duration"], 1200);
+        assert!(c.get("org.matrix.msc3245.voice").is_some());
+        assert_eq!(c["m.relates_to"]["m.in_reply_to"]["event_id"], "$r");
+        let info = MediaInfo {
+            mime_type: "image/png".into(),
+            size: 5,
+            dimensions: Some((4, 3)),
+            duration_ms: None,
+        };
+        let (t, c) = media_content(AttachmentKind::Sticker, "s.png", "mxc://hs/y", &info, None);
+        assert_eq!(t, "m.sticker");
+        assert!(c.get("msgtype").is_none());
+        assert_eq!(
+            (c["info"]["w"].as_u64(), c["info"]["h"].as_u64()),
+            (Some(4), Some(3))
+        );
+        let (t, c) = media_content(AttachmentKind::File, "a.pdf", "mxc://hs/z", &info, None);
+        assert_eq!(
+            (t, c["msgtype"].as_str()),
+            ("m.room.message", Some("m.file"))
+        );
+        assert_eq!(c["url"], "mxc://hs/z");
     }
 
     #[test]

@@ -34,12 +34,22 @@ fn listener_state(
     router: bridge_core::Router,
 ) -> std::sync::Arc<ListenerState> {
     let commands = commands::Commands::new(
-        client,
+        client.clone(),
         settings.namer.clone(),
         router.clone(),
         settings.permissions.clone(),
     );
-    ListenerState::with_commands(&settings.hs_token, router, settings.namer.clone(), commands)
+    let media = listener::MediaFetch {
+        client,
+        max_bytes: settings.max_file_bytes,
+    };
+    ListenerState::build(
+        &settings.hs_token,
+        router,
+        settings.namer.clone(),
+        Some(commands),
+        Some(media),
+    )
 }
 
 /// Binds the listener address and serves until `shutdown` completes.

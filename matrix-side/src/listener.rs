@@ -3,6 +3,7 @@
 //! **Architecture Invariant:** a transaction is answered 200 only after every event in it was
 //! committed through [`Router::ingest`], and its id is recorded in the store only after that.
 
+use crate::client::{ClientError, Download, MatrixClient};
 use crate::commands::Commands;
 use crate::convert::{Incoming, incoming};
 use crate::ids::GhostNamer;
@@ -12,8 +13,10 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
-use bridge_core::ir::{ChatLocator, EventKind, MembershipChange, Relation, RemoteEvent, UserRef};
-use bridge_core::{Router, SideName};
+use bridge_core::ir::{
+    ChatLocator, EventKind, MembershipChange, Part, Relation, RemoteEvent, UserRef,
+};
+use bridge_core::{IngestOutcome, Router, SideName};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -29,18 +32,23 @@ pub struct ListenerState {
     names: Mutex<BTreeMap<String, String>>,
     /// The bot's commands (none in listener-only tests).
     commands: Option<Commands>,
+    /// Fetches media of incoming messages (none: files become a text that says so).
+    media: Option<MediaFetch>,
+}
+
+/// How the listener fetches the files of incoming media messages.
+#[derive(Clone, Debug)]
+pub struct MediaFetch {
+    /// The client (downloads as the bot, through the authenticated media API).
+    pub client: MatrixClient,
+    /// Files above this are not fetched; the email side gets a text that says so.
+    pub max_bytes: u64,
 }
 
 impl ListenerState {
     /// State for a listener feeding `router`.
     pub fn new(hs_token: &str, router: Router, namer: GhostNamer) -> Arc<Self> {
-        Arc::new(Self {
-            hs_token: hs_token.to_owned(),
-            router,
-            namer,
-            names: Mutex::new(BTreeMap::new()),
-            commands: None,
-        })
+        Self::build(hs_token, router, namer, None, None)
     }
 
     /// State for a listener that also answers the bot's commands.
@@ -50,12 +58,24 @@ impl ListenerState {
         namer: GhostNamer,
         commands: Commands,
     ) -> Arc<Self> {
+        Self::build(hs_token, router, namer, Some(commands), None)
+    }
+
+    /// State with everything optional given.
+    pub fn build(
+        hs_token: &str,
+        router: Router,
+        namer: GhostNamer,
+        commands: Option<Commands>,
+        media: Option<MediaFetch>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             hs_token: hs_token.to_owned(),
             router,
             namer,
             names: Mutex::new(BTreeMap::new()),
-            commands: Some(commands),
+            commands,
+            media,
         })
     }
 }
@@ -286,16 +306,20 @@ async fn transaction(
         if str_of(ev, "event_id").is_some_and(|id| consumed.contains(&id)) {
             continue;
         }
-        remote.extend(to_remote(&st, ev));
+        let url = ev
+            .get("content")
+            .and_then(crate::convert::media_url)
+            .map(str::to_owned);
+        remote.extend(to_remote(&st, ev).into_iter().map(|r| (r, url.clone())));
     }
-    for ev in remote {
+    for (mut ev, url) in remote {
         // Events of rooms that are not portals are not the hub's business (yet).
         let linked = match &ev.chat.remote_chat_id {
             Some(room) => store.chat_by_link(SideName::MATRIX, room).await,
             None => Ok(None),
         };
-        match linked {
-            Ok(Some(_)) => {}
+        let chat = match linked {
+            Ok(Some(c)) => c,
             Ok(None) => {
                 tracing::debug!(remote_id = %ev.remote_id, "Event in an unlinked room ignored.");
                 continue;
@@ -308,14 +332,42 @@ async fn transaction(
                     "store error",
                 );
             }
+        };
+        let mut refused = None;
+        if let (Some(url), EventKind::Message(content)) = (&url, &mut ev.kind) {
+            // A redelivered event is a duplicate: do not fetch its file again.
+            match store.message_by_link(SideName::MATRIX, &ev.remote_id).await {
+                Ok(Some(_)) => continue,
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(%txn_id, error = %e, "Store error; the homeserver will retry.");
+                    return error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "M_UNKNOWN",
+                        "store error",
+                    );
+                }
+            }
+            refused = fetch_media(&st, url, &mut content.parts).await;
         }
-        if let Err(e) = st.router.ingest(ev).await {
-            tracing::warn!(%txn_id, error = %e, "Ingest failed; the homeserver will retry.");
-            return error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "M_UNKNOWN",
-                "ingest failed",
-            );
+        match st.router.ingest(ev).await {
+            Ok(IngestOutcome::Committed { .. }) => {
+                if let Some(why) = refused {
+                    // The Matrix sender learns at once that email people did not get the file.
+                    if let Err(e) = st.router.notice(chat, SideName::MATRIX, &why).await {
+                        tracing::warn!(error = %e, "Could not post a notice.");
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(%txn_id, error = %e, "Ingest failed; the homeserver will retry.");
+                return error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "M_UNKNOWN",
+                    "ingest failed",
+                );
+            }
         }
     }
     if let Err(e) = store.kv_set(&txn_key(&txn_id), &fingerprint).await {
@@ -323,6 +375,79 @@ async fn transaction(
         tracing::warn!(%txn_id, error = %e, "Could not record the transaction id.");
     }
     ok_empty()
+}
+
+/// Fills the bytes of the attachments that still lack them (`data` empty) from `url`. A file that
+/// cannot be fetched (too large, gone, unreachable after retries) becomes a text that says so, and
+/// the reason is returned for a notice to the Matrix room.
+async fn fetch_media(st: &ListenerState, url: &str, parts: &mut [Part]) -> Option<String> {
+    let mut refused = None;
+    for part in parts.iter_mut() {
+        let Part::Attachment { filename, data, .. } = part else {
+            continue;
+        };
+        if !data.is_empty() {
+            continue;
+        }
+        let name = filename.clone();
+        let why = match &st.media {
+            None => "files are not fetched by this listener".to_owned(),
+            Some(m) => match download_with_retries(&m.client, url, m.max_bytes).await {
+                Ok(Download::Bytes {
+                    data: bytes,
+                    content_type,
+                }) => {
+                    *data = bytes;
+                    if let (Part::Attachment { mime_type, .. }, Some(ct)) =
+                        (&mut *part, content_type)
+                        && mime_type == "application/octet-stream"
+                        && let Some(essence) = ct.split(';').next().filter(|e| e.contains('/'))
+                    {
+                        *mime_type = essence.trim().to_ascii_lowercase();
+                    }
+                    if data_is_empty(part) {
+                        "the file is empty".to_owned()
+                    } else {
+                        continue;
+                    }
+                }
+                Ok(Download::TooLarge) => format!(
+                    "it is larger than the {} MB this bridge sends by email",
+                    m.max_bytes / 1_000_000
+                ),
+                Err(e) => format!("it could not be fetched ({e})"),
+            },
+        };
+        tracing::warn!(%url, file = %name, reason = %why, "Attachment not bridged.");
+        *part = Part::text(format!("📎 {name} (not bridged: {why})"));
+        refused = Some(format!("📎 {name} was not bridged: {why}."));
+    }
+    refused
+}
+
+fn data_is_empty(part: &Part) -> bool {
+    matches!(part, Part::Attachment { data, .. } if data.is_empty())
+}
+
+/// A download, retried twice on errors that may pass (network, 5xx, 429).
+async fn download_with_retries(
+    client: &MatrixClient,
+    url: &str,
+    max_bytes: u64,
+) -> Result<Download, ClientError> {
+    let mut delay = std::time::Duration::from_millis(500);
+    let mut attempt = 0;
+    loop {
+        match client.download(url, max_bytes).await {
+            Err(e) if e.is_retryable() && attempt < 2 => {
+                attempt += 1;
+                tracing::info!(%url, error = %e, "Media download failed; retrying.");
+                tokio::time::sleep(delay).await;
+                delay *= 4;
+            }
+            r => return r,
+        }
+    }
 }
 
 fn str_of<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
@@ -657,6 +782,108 @@ mod tests {
         .to_string();
         assert_eq!(f.put("2", Some(HS), &body).await.0, 200);
         assert_eq!(f.messages().await, 3);
+    }
+
+    /// A listener whose media come from a fake content repository.
+    async fn media_fixture(max_bytes: u64) -> Fixture {
+        let tb = TestBridge::new(&["email"]).await.unwrap();
+        tb.router()
+            .create_chat("Portal", "", Some((SideName::MATRIX, ROOM)), &[])
+            .await
+            .unwrap();
+        let repo = axum::Router::new().fallback(|uri: axum::http::Uri| async move {
+            match uri.path() {
+                "/_matrix/client/v1/media/download/hs/cat" => (
+                    StatusCode::OK,
+                    [(header::CONTENT_TYPE, "image/png")],
+                    b"0123456789".to_vec(),
+                )
+                    .into_response(),
+                _ => error(StatusCode::NOT_FOUND, "M_NOT_FOUND", "no such media"),
+            }
+        });
+        let rl = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let repo_base = format!("http://{}", rl.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(rl, repo).await });
+        let media = MediaFetch {
+            client: MatrixClient::new(&repo_base, "as").unwrap(),
+            max_bytes,
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let state = ListenerState::build(HS, tb.router(), namer(), None, Some(media));
+        tokio::spawn(serve(listener, state, std::future::pending()));
+        Fixture {
+            tb,
+            base,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    fn image(event_id: &str, url: &str) -> Value {
+        json!({"type": "m.room.message", "event_id": event_id, "room_id": ROOM,
+               "sender": "@alice:matrix.test", "origin_server_ts": 1_700_000_000_000i64,
+               "content": {"msgtype": "m.image", "body": "cat.png", "url": url,
+                           "info": {"mimetype": "image/png"}}})
+    }
+
+    async fn parts_of(f: &Fixture) -> Vec<Vec<Part>> {
+        let store = f.tb.bridge.store();
+        let mut out = Vec::new();
+        for c in store.chats().await.unwrap() {
+            for m in store.chat_messages(c.id).await.unwrap() {
+                if let EventKind::Message(content) = m.event {
+                    out.push(content.parts);
+                }
+            }
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn media_are_fetched_or_said() {
+        let f = media_fixture(1000).await;
+        let body = json!({"events": [image("$i", "mxc://hs/cat"), image("$j", "mxc://hs/gone")]})
+            .to_string();
+        assert_eq!(f.put("1", Some(HS), &body).await.0, 200);
+        let parts = parts_of(&f).await;
+        assert!(
+            parts.iter().any(
+                |p| matches!(&p[..], [Part::Attachment { data, filename, .. }]
+                if data == b"0123456789" && filename == "cat.png")
+            ),
+            "{parts:?}"
+        );
+        assert!(
+            parts
+                .iter()
+                .any(|p| matches!(&p[..], [Part::Text { body, .. }]
+                if body.contains("cat.png") && body.contains("could not be fetched"))),
+            "{parts:?}"
+        );
+        // The Matrix room is told about the file that did not make it (a notice for Matrix only).
+        let notices =
+            f.tb.bridge
+                .store()
+                .chat_messages(f.tb.bridge.store().chats().await.unwrap()[0].id)
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|m| matches!(m.event, EventKind::Notice { .. }))
+                .count();
+        assert_eq!(notices, 1);
+        // Redelivered under a new txn id: nothing fetched or stored twice.
+        assert_eq!(f.put("2", Some(HS), &body).await.0, 200);
+        assert_eq!(parts_of(&f).await.len(), 2);
+
+        let f = media_fixture(5).await;
+        let body = json!({"events": [image("$k", "mxc://hs/cat")]}).to_string();
+        assert_eq!(f.put("1", Some(HS), &body).await.0, 200);
+        let parts = parts_of(&f).await;
+        assert!(
+            matches!(&parts[0][..], [Part::Text { body, .. }] if body.contains("larger than")),
+            "{parts:?}"
+        );
     }
 
     #[tokio::test]

@@ -2,16 +2,21 @@
 
 use crate::client::{ClientError, MatrixClient, txn_id};
 use crate::config::MatrixSettings;
-use crate::convert::{edit_content, first_part_content, part_content, reaction_content};
+use crate::convert::{
+    MediaInfo, edit_content, first_part_content, media_content, part_content, reaction_content,
+};
 use crate::ids::{GhostNamer, is_user_id};
 use async_trait::async_trait;
-use bridge_core::ir::{EventKind, MembershipChange};
+use bridge_core::ir::{AttachmentKind, EventKind, MembershipChange, Part, Relation};
 use bridge_core::{
     Capabilities, Delivered, MemberView, OutboxItem, Side, SideError, SideName, Store,
 };
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::sync::Mutex;
+
+/// Upload limit assumed when the homeserver does not say (as mautrix does).
+const DEFAULT_UPLOAD_LIMIT: u64 = 50 * 1024 * 1024;
 
 /// Items older than this are sent with `?ts=` (catch-up after downtime).
 const MASSAGE_TS_AFTER_MS: i64 = 10_000;
@@ -26,6 +31,21 @@ pub struct MatrixSide {
     ghosts: Mutex<BTreeSet<(String, String)>>,
     /// (room, user) pairs known to be joined.
     joined: Mutex<BTreeSet<(String, String)>>,
+    /// The homeserver's upload limit, once read.
+    upload_limit: tokio::sync::OnceCell<u64>,
+}
+
+fn media_key(message_uuid: &str, part: &str) -> String {
+    format!("matrix.media.{message_uuid}.{part}")
+}
+
+/// A size for people: `1.5 MB`, `830 kB`.
+fn human_size(n: u64) -> String {
+    if n >= 1_000_000 {
+        format!("{:.1} MB", n as f64 / 1_000_000.0)
+    } else {
+        format!("{} kB", n.div_ceil(1000))
+    }
 }
 
 fn portal_key(chat: i64) -> String {
@@ -78,7 +98,96 @@ impl MatrixSide {
             store,
             ghosts: Mutex::new(BTreeSet::new()),
             joined: Mutex::new(BTreeSet::new()),
+            upload_limit: tokio::sync::OnceCell::new(),
         })
+    }
+
+    /// The largest upload the homeserver takes (asked once; 50 MiB when it does not say).
+    async fn upload_limit(&self) -> u64 {
+        *self
+            .upload_limit
+            .get_or_init(|| async {
+                match self.client.media_upload_limit().await {
+                    Ok(Some(n)) => n,
+                    Ok(None) => DEFAULT_UPLOAD_LIMIT,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Could not read the media config; assuming 50 MiB.");
+                        DEFAULT_UPLOAD_LIMIT
+                    }
+                }
+            })
+            .await
+    }
+
+    /// Uploads an attachment as the sender (once per outbox event and part) and sends it; a file
+    /// larger than the homeserver takes becomes a notice that says so.
+    async fn send_attachment(
+        &self,
+        room: &str,
+        actor: Option<&str>,
+        item: &OutboxItem,
+        key: &str,
+        part: &Part,
+        reply: Option<&Relation>,
+    ) -> Result<String, SideError> {
+        let Part::Attachment {
+            filename,
+            mime_type,
+            kind,
+            data,
+            duration_ms,
+        } = part
+        else {
+            return Err(SideError::Permanent("not an attachment".into()));
+        };
+        let size = data.len() as u64;
+        let limit = self.upload_limit().await;
+        let too_large = |limit: u64| {
+            json!({"msgtype": "m.notice", "body": format!(
+                "📎 {filename} ({}) was not bridged: this homeserver takes files up to {}.",
+                human_size(size), human_size(limit))})
+        };
+        if size > limit {
+            tracing::info!(%filename, size, limit, "Attachment larger than the homeserver's limit.");
+            return self
+                .send(room, actor, item, key, "m.room.message", &too_large(limit))
+                .await;
+        }
+        let mkey = media_key(&item.message_uuid, key);
+        let mxc = match self.store.kv_get(&mkey).await.map_err(store_err)? {
+            Some(m) => m,
+            None => {
+                match self
+                    .client
+                    .upload(actor, filename, mime_type, data.clone())
+                    .await
+                {
+                    Ok(m) => {
+                        self.store.kv_set(&mkey, &m).await.map_err(store_err)?;
+                        m
+                    }
+                    Err(ClientError::Http { status: 413, .. }) => {
+                        return self
+                            .send(room, actor, item, key, "m.room.message", &too_large(limit))
+                            .await;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        };
+        let dimensions = matches!(kind, AttachmentKind::Image | AttachmentKind::Sticker)
+            .then(|| imagesize::blob_size(data).ok())
+            .flatten()
+            .map(|d| (d.width as u64, d.height as u64));
+        let info = MediaInfo {
+            mime_type: mime_type.clone(),
+            size,
+            dimensions,
+            duration_ms: *duration_ms,
+        };
+        let (event_type, content) = media_content(*kind, filename, &mxc, &info, reply);
+        self.send(room, actor, item, key, event_type, &content)
+            .await
     }
 
     /// The client (for start-up and tools).
@@ -217,7 +326,7 @@ impl Side for MatrixSide {
             edits: true,
             redactions: true,
             reactions: true,
-            attachments: false,
+            attachments: true,
             receipts: true,
             auto_portal: true,
         }
@@ -261,10 +370,14 @@ impl Side for MatrixSide {
                     } else {
                         None
                     };
-                    let c = part_content(part, reply);
-                    let id = self
-                        .send(&room, actor, item, &key, "m.room.message", &c)
-                        .await?;
+                    let id = if matches!(part, Part::Attachment { .. }) {
+                        self.send_attachment(&room, actor, item, &key, part, reply)
+                            .await?
+                    } else {
+                        let c = part_content(part, reply);
+                        self.send(&room, actor, item, &key, "m.room.message", &c)
+                            .await?
+                    };
                     out.links.push((key, id));
                 }
             }
@@ -420,6 +533,12 @@ mod tests {
         if path.ends_with("/register") {
             return err(StatusCode::BAD_REQUEST, "M_USER_IN_USE");
         }
+        if path.ends_with("/media/config") {
+            return axum::Json(json!({"m.upload.size": 100})).into_response();
+        }
+        if path.ends_with("/upload") {
+            return axum::Json(json!({"content_uri": "mxc://matrix.test/up1"})).into_response();
+        }
         if path.ends_with("/createRoom") {
             return axum::Json(json!({"room_id": "!new:matrix.test"})).into_response();
         }
@@ -455,6 +574,105 @@ mod tests {
             joined: true,
             changed_ts: 0,
         }
+    }
+
+    async fn fake_side() -> (Arc<FakeHs>, TestBridge, MatrixSide) {
+        let hs = Arc::new(FakeHs::default());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let app = axum::Router::new().fallback(handle).with_state(hs.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let tb = TestBridge::new(&[]).await.unwrap();
+        let settings = MatrixConfig::new(&base, "matrix.test", "as", "hs")
+            .validate()
+            .unwrap();
+        let side = MatrixSide::new(&settings, tb.bridge.store().clone()).unwrap();
+        (hs, tb, side)
+    }
+
+    fn item(sender: MemberView, parts: Vec<Part>) -> OutboxItem {
+        OutboxItem {
+            outbox_id: OutboxId(1),
+            attempts: 0,
+            chat: ChatView {
+                id: ChatId(7),
+                group_id: "G1".into(),
+                name: "Team".into(),
+                name_ts: 0,
+                topic: String::new(),
+                remote_chat_id: Some("!room:matrix.test".into()),
+                members: vec![sender.clone()],
+                thread_root: None,
+                recent: Vec::new(),
+            },
+            message_id: MessageId(1),
+            message_uuid: "uuid-1".into(),
+            origin_side: "email".into(),
+            sender: Some(sender),
+            ts_ms: bridge_core::store::now_ms(),
+            event: EventKind::Message(MessageContent {
+                parts,
+                ..MessageContent::default()
+            }),
+        }
+    }
+
+    #[tokio::test]
+    async fn attachments_upload_once_and_respect_the_limit() {
+        let (hs, _tb, side) = fake_side().await;
+        let bob = member(1, "email", "bob@example.org", "Bob");
+        // A 1x1 PNG header is enough for the dimensions.
+        let mut png = vec![0x89, b'P', b'N', b'G', 0x0d, 0x0a, 0x1a, 0x0a, 0, 0, 0, 13];
+        png.extend_from_slice(b"IHDR");
+        png.extend_from_slice(&[0, 0, 0, 2, 0, 0, 0, 3, 8, 6, 0, 0, 0]);
+        let small = Part::Attachment {
+            filename: "a.png".into(),
+            mime_type: "image/png".into(),
+            kind: AttachmentKind::Image,
+            data: png.clone(),
+            duration_ms: None,
+        };
+        let it = item(bob.clone(), vec![Part::text("look"), small]);
+        // The first send is rate limited (the fake's script); the retry must not upload again.
+        assert!(side.deliver(&it).await.is_err());
+        let done = side.deliver(&it).await.unwrap();
+        assert_eq!(done.links.len(), 2);
+        let calls = hs.calls.lock().unwrap().clone();
+        let uploads: Vec<_> = calls.iter().filter(|c| c.1.contains("/upload")).collect();
+        assert_eq!(uploads.len(), 1, "uploaded once");
+        assert!(uploads[0].1.contains("filename=a.png"), "{}", uploads[0].1);
+        assert!(uploads[0].1.contains("user_id=%40_coi_bob"), "as the ghost");
+        let image = calls
+            .iter()
+            .rfind(|c| c.1.contains("/send/m.room.message/") && c.2.contains("m.image"))
+            .unwrap();
+        let body: Value = serde_json::from_str(&image.2).unwrap();
+        assert_eq!(body["url"], "mxc://matrix.test/up1");
+        assert_eq!(
+            (body["info"]["w"].as_u64(), body["info"]["h"].as_u64()),
+            (Some(2), Some(3))
+        );
+        assert_eq!(body["info"]["size"], png.len());
+
+        // Larger than the homeserver's 100 bytes: a notice that says so, and no upload.
+        let big = Part::Attachment {
+            filename: "big.bin".into(),
+            mime_type: "application/octet-stream".into(),
+            kind: AttachmentKind::File,
+            data: vec![0; 101],
+            duration_ms: None,
+        };
+        let mut it = item(bob, vec![big]);
+        it.message_uuid = "uuid-2".into();
+        side.deliver(&it).await.unwrap();
+        let calls = hs.calls.lock().unwrap().clone();
+        assert_eq!(calls.iter().filter(|c| c.1.contains("/upload")).count(), 1);
+        let last = calls.iter().rfind(|c| c.1.contains("/send/")).unwrap();
+        assert!(
+            last.2.contains("was not bridged") && last.2.contains("m.notice"),
+            "{}",
+            last.2
+        );
     }
 
     #[tokio::test]

@@ -91,6 +91,15 @@ impl Peer {
         }
     }
 
+    /// The first event seen so far that satisfies `pred`, without waiting for more.
+    pub async fn try_take(&mut self, pred: impl Fn(&Value) -> bool) -> Option<Value> {
+        while let Ok(v) = self.rx.try_recv() {
+            self.backlog.push(v);
+        }
+        let i = self.backlog.iter().position(&pred)?;
+        Some(self.backlog.remove(i))
+    }
+
     pub async fn cmd(&mut self, mut req: Value) -> Value {
         let id = self.next_id;
         self.next_id += 1;
@@ -105,4 +114,33 @@ impl Peer {
         assert_eq!(r["ok"], true, "{req} -> {r}");
         r
     }
+}
+
+/// Only one bridge listener may hold the registration's URL (127.0.0.1:29331) at a time: an
+/// exclusive file lock shared by every Synapse test and benchmark (released when dropped).
+pub struct ListenerLock(#[allow(dead_code)] std::fs::File);
+
+impl ListenerLock {
+    pub async fn take() -> ListenerLock {
+        let f =
+            std::fs::File::create(std::env::temp_dir().join("coi-synapse-listener.lock")).unwrap();
+        let f = tokio::task::spawn_blocking(move || {
+            f.lock().unwrap();
+            f
+        })
+        .await
+        .unwrap();
+        ListenerLock(f)
+    }
+}
+
+/// Whether the real-Synapse tests are enabled (`COI_TEST_SYNAPSE=1`, set by deploy/test.sh).
+pub fn synapse_enabled() -> bool {
+    if std::env::var("COI_TEST_SYNAPSE").as_deref() == Ok("1") {
+        return true;
+    }
+    eprintln!(
+        "skipped: set COI_TEST_SYNAPSE=1 to run against a real Synapse (deploy/synapse.sh up)"
+    );
+    false
 }

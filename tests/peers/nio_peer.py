@@ -18,16 +18,28 @@ Commands:
   edit     {room, target, body} -> {event_id}                   (m.replace of target)
   react    {room, target, key} -> {event_id}
   redact   {room, target} -> {event_id}
+  send_file {room, data_b64, filename, mimetype, msgtype, reply_to?, caption?} -> {event_id, url}
+                                                               (uploads, then m.image / m.file / ...)
+  download {url} -> {data_b64, content_type}                   (authenticated media, client v1)
+  create_room {invite?, is_direct?, preset?, name?} -> {room}
+  invite   {room, user} -> {}
+  leave    {room} -> {}
+  set_name {room, name} -> {event_id}
+  set_topic {room, topic} -> {event_id}
   ping -> {}
   shutdown -> {}
 Events:
   {"event": "invite", "room", "sender"}                 an invite for this user
   {"event": "message", "room", "sender", "event_id", "body", "content"}   any m.room.message
-  {"event": "other", "room", "sender", "event_id", "type", "content"}     reactions, redactions, members
+  {"event": "other", "room", "sender", "event_id", "type", "content", "state_key", "redacts"}
+                                                       reactions, redactions, members
 """
 
 import asyncio
+import base64
+import io
 import json
+import urllib.parse
 import logging
 import sys
 
@@ -81,7 +93,9 @@ async def main():
                   "event_id": eid, "body": content.get("body"), "content": content})
         else:
             emit({"event": "other", "room": room.room_id, "sender": getattr(event, "sender", None),
-                  "event_id": eid, "type": source.get("type"), "content": content})
+                  "event_id": eid, "type": source.get("type"), "content": content,
+                  "state_key": source.get("state_key"),
+                  "redacts": source.get("redacts") or content.get("redacts")})
 
     client.add_event_callback(on_invite, InviteMemberEvent)
     client.add_event_callback(on_event, (RoomMessage, UnknownEvent, Event))
@@ -162,6 +176,61 @@ async def handle(client, req):
         eid = getattr(resp, "event_id", None)
         if not eid:
             raise RuntimeError(f"redact failed: {resp}")
+        return {"event_id": eid}
+    if cmd == "send_file":
+        data = base64.b64decode(req["data_b64"])
+        resp, _ = await client.upload(io.BytesIO(data), content_type=req["mimetype"],
+                                      filename=req["filename"], filesize=len(data))
+        url = getattr(resp, "content_uri", None)
+        if not url:
+            raise RuntimeError(f"upload failed: {resp}")
+        content = {"msgtype": req["msgtype"], "body": req.get("caption") or req["filename"],
+                   "filename": req["filename"], "url": url,
+                   "info": {"mimetype": req["mimetype"], "size": len(data)}}
+        if req.get("reply_to"):
+            content["m.relates_to"] = {"m.in_reply_to": {"event_id": req["reply_to"]}}
+        out = await send(client, req["room"], "m.room.message", content)
+        return {**out, "url": url}
+    if cmd == "download":
+        server, media_id = req["url"][len("mxc://"):].split("/", 1)
+        path = "/_matrix/client/v1/media/download/{}/{}".format(
+            urllib.parse.quote(server, safe=""), urllib.parse.quote(media_id, safe=""))
+        async with client.client_session.get(
+                client.homeserver + path,
+                headers={"Authorization": f"Bearer {client.access_token}"}) as r:
+            body = await r.read()
+            if r.status != 200:
+                raise RuntimeError(f"download {r.status}: {body[:200]!r}")
+            return {"data_b64": base64.b64encode(body).decode(),
+                    "content_type": r.headers.get("Content-Type")}
+    if cmd == "create_room":
+        from nio import RoomPreset
+        preset = {"private_chat": RoomPreset.private_chat,
+                  "trusted_private_chat": RoomPreset.trusted_private_chat,
+                  "public_chat": RoomPreset.public_chat}[req.get("preset", "private_chat")]
+        resp = await client.room_create(invite=req.get("invite", []),
+                                        is_direct=req.get("is_direct", False),
+                                        preset=preset, name=req.get("name"))
+        room = getattr(resp, "room_id", None)
+        if not room:
+            raise RuntimeError(f"create failed: {resp}")
+        return {"room": room}
+    if cmd == "invite":
+        resp = await client.room_invite(req["room"], req["user"])
+        if type(resp).__name__.endswith("Error"):
+            raise RuntimeError(f"invite failed: {resp}")
+        return {}
+    if cmd == "leave":
+        resp = await client.room_leave(req["room"])
+        if type(resp).__name__.endswith("Error"):
+            raise RuntimeError(f"leave failed: {resp}")
+        return {}
+    if cmd in ("set_name", "set_topic"):
+        kind, key = ("m.room.name", "name") if cmd == "set_name" else ("m.room.topic", "topic")
+        resp = await client.room_put_state(req["room"], kind, {key: req[key]})
+        eid = getattr(resp, "event_id", None)
+        if not eid:
+            raise RuntimeError(f"{cmd} failed: {resp}")
         return {"event_id": eid}
     raise ValueError(f"unknown command {cmd!r}")
 

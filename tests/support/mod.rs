@@ -174,6 +174,8 @@ pub struct Hub {
     pub record: PathBuf,
     pub inject: PathBuf,
     pub child: Option<Child>,
+    /// Runs the production binary (`coi-bridge run`) with a `[matrix]` section instead of the testhub.
+    pub real: bool,
 }
 
 pub enum Ingest {
@@ -227,7 +229,43 @@ allow_new_chats_from = ["example.test"]
             record,
             inject,
             child: None,
+            real: false,
         }
+    }
+
+    /// The production bridge (`coi-bridge run`) with email as in [`Hub::new`] and a `[matrix]`
+    /// section for the local Synapse (`env`: the output of `deploy/synapse.sh env`).
+    pub fn with_matrix(ingest: Ingest, env: &BTreeMap<String, String>) -> Hub {
+        use std::io::Write as _;
+        let mut hub = Hub::new(None, ingest);
+        hub.real = true;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&hub.config)
+            .expect("config");
+        write!(
+            f,
+            r#"[matrix]
+homeserver_url = "{}"
+server_name = "{}"
+as_token = "{}"
+hs_token = "{}"
+bot_localpart = "{}"
+ghost_prefix = "{}"
+listen = "{}"
+registration_id = "{}"
+"#,
+            env["COI_MATRIX_HS_URL"],
+            env["COI_MATRIX_SERVER_NAME"],
+            env["COI_MATRIX_AS_TOKEN"],
+            env["COI_MATRIX_HS_TOKEN"],
+            env["COI_MATRIX_BOT"],
+            env["COI_MATRIX_PREFIX"],
+            env["COI_MATRIX_AS_URL"].trim_start_matches("http://"),
+            env["COI_MATRIX_AS_ID"],
+        )
+        .expect("write config");
+        hub
     }
 
     /// Makes a new bridge skip the mail already in the shared catch-all mailbox (left by other tests),
@@ -251,13 +289,21 @@ allow_new_chats_from = ["example.test"]
             .append(true)
             .open(self.dir.path().join("bridge.log"))
             .expect("log");
-        let child = Command::new(env!("CARGO_BIN_EXE_coi-bridge-testhub"))
-            .arg("-c")
-            .arg(&self.config)
-            .arg("--record")
-            .arg(&self.record)
-            .arg("--inject")
-            .arg(&self.inject)
+        let mut cmd = if self.real {
+            let mut c = Command::new(env!("CARGO_BIN_EXE_coi-bridge"));
+            c.arg("run").arg("-c").arg(&self.config);
+            c
+        } else {
+            let mut c = Command::new(env!("CARGO_BIN_EXE_coi-bridge-testhub"));
+            c.arg("-c")
+                .arg(&self.config)
+                .arg("--record")
+                .arg(&self.record)
+                .arg("--inject")
+                .arg(&self.inject);
+            c
+        };
+        let child = cmd
             .stdout(Stdio::from(log.try_clone().expect("log")))
             .stderr(Stdio::from(log))
             .spawn()

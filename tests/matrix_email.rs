@@ -1,0 +1,585 @@
+//! One whole conversation across every real part: the production binary (`coi-bridge run`, SQLite,
+//! IMAP ingest, SMTP out, appservice listener), Postfix + Dovecot, Synapse, matrix-nio as the
+//! Matrix people (alice, dan) and plain SMTP / Maildir as the email person (bob).
+//!
+//! Covers: `create` from the management room (the member-added mail reaches bob through Postfix),
+//! text, replies, an image each way (bytes compared), edits, reactions and deletions both ways,
+//! room name and topic → email, membership both ways (a Matrix person joins and leaves; an email
+//! member is added and removed), and SIGKILL of the bridge process with messages in flight on
+//! both sides (nothing lost, Matrix never doubled, email at most one repeat with the same
+//! Message-ID — SMTP has no idempotency key).
+//!
+//! Gated: needs the stack (`COI_TEST_STACK=1`) and Synapse (`COI_TEST_SYNAPSE=1`); deploy/test.sh
+//! sets both.
+//!
+//!     bash deploy/test.sh --test matrix_email -- --nocapture
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod matrix_support;
+mod support;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use coi_side::codec::{ParseLimits, ParsedEmail, parse};
+use matrix_support::{ListenerLock, Peer, synapse_enabled, synapse_env};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+use support::{Hub, Ingest, maildir, send_raw, stack, tag, tail};
+
+const BOB: &str = "bob@example.test";
+const CAROL: &str = "carol@example.test";
+const T: u64 = 60;
+
+/// The JPEG of the Delta Chat 2.65 image fixture.
+fn photo() -> Vec<u8> {
+    let raw =
+        std::fs::read(support_repo().join("coi-side/testdata/deltachat-2.65/06-alice-image.eml"))
+            .unwrap();
+    let p = parse(&raw, &ParseLimits::default()).unwrap();
+    let a = p
+        .attachments
+        .into_iter()
+        .find(|a| a.mime_type == "image/jpeg")
+        .expect("the fixture's jpeg");
+    a.data
+}
+
+fn support_repo() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Bob's mails from the bridge, parsed (newest last is not guaranteed: Maildir order).
+fn bob_mails(stack: &Path, tag: &str) -> Vec<ParsedEmail> {
+    maildir(stack, "bob")
+        .into_iter()
+        .filter(|m| String::from_utf8_lossy(m).contains(tag))
+        .filter_map(|m| parse(&m, &ParseLimits::default()).ok())
+        .collect()
+}
+
+/// Waits for a mail in bob's Maildir (of this run's chat) that satisfies `pred`.
+fn wait_bob(
+    hub: &Hub,
+    stack: &Path,
+    tag: &str,
+    what: &str,
+    pred: impl Fn(&ParsedEmail) -> bool,
+) -> ParsedEmail {
+    let start = Instant::now();
+    loop {
+        if let Some(m) = bob_mails(stack, tag).into_iter().find(|m| pred(m)) {
+            return m;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(T),
+            "timed out waiting for {what} in bob's mailbox\n--- bridge log tail:\n{}",
+            tail(&hub.log(), 80)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A Delta Chat-style mail from bob to the chat (group name carries the run's tag).
+fn bob_mail(group: &str, to: &[&str], msg_id: &str, extra_headers: &str, body: &str) -> String {
+    format!(
+        "From: \"Bob\" <{BOB}>\r\nTo: {}\r\nSubject: {group}\r\nMessage-ID: <{msg_id}>\r\nDate: {}\r\nChat-Version: 1.0\r\nChat-Group-Name: {group}\r\n{extra_headers}MIME-Version: 1.0\r\n{body}",
+        to.iter()
+            .map(|a| format!("<{a}>"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        support::rfc2822_now(),
+    )
+}
+
+fn text_body(text: &str) -> String {
+    format!("Content-Type: text/plain; charset=utf-8\r\n\r\n{text}\r\n")
+}
+
+fn is_from(v: &Value, sender: &str, room: &str) -> bool {
+    v["sender"] == sender && v["room"] == room
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn conversation_across_real_matrix_and_email() {
+    let Some(stack) = stack() else { return };
+    if !synapse_enabled() {
+        return;
+    }
+    let _mail = support::lock().await;
+    let _listener = ListenerLock::take().await;
+    let env = synapse_env();
+    let hs = env["COI_MATRIX_HS_URL"].clone();
+    let python = env["COI_PYTHON"].clone();
+    let tag = tag();
+    let group = format!("Trip {tag}");
+
+    let mut hub = Hub::with_matrix(Ingest::Imap, &env);
+    hub.skip_existing_mail(None).await;
+    hub.start();
+    support::wait_listening(env["COI_MATRIX_AS_URL"].trim_start_matches("http://"));
+
+    let mut alice = Peer::start(&python, &hs, "@alice:matrix.test", "alicepass").await;
+    let bot = format!("@{}:matrix.test", env["COI_MATRIX_BOT"]);
+
+    // 1. Management room and `create`: the portal opens and bob gets the member-added mail.
+    let dm = alice
+        .cmd(json!({"cmd": "create_room", "is_direct": true, "preset": "trusted_private_chat", "invite": [bot]}))
+        .await["room"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    alice
+        .wait(
+            "the bot's greeting",
+            |v| is_from(v, &bot, &dm) && v["event"] == "message",
+            T,
+        )
+        .await;
+    let t_create = Instant::now();
+    alice
+        .cmd(json!({"cmd": "send", "room": dm, "body": format!("create {group} {BOB}")}))
+        .await;
+    let invite = alice
+        .wait(
+            "the portal invite",
+            |v| v["event"] == "invite" && v["room"] != dm.as_str(),
+            T,
+        )
+        .await;
+    let room = invite["room"].as_str().unwrap().to_owned();
+    alice.cmd(json!({"cmd": "join", "room": room})).await;
+    let added = wait_bob(&hub, &stack, &tag, "the member-added mail", |m| {
+        m.group.member_added.as_deref() == Some(BOB)
+    });
+    eprintln!(
+        "create -> member-added mail at bob in {:?}",
+        t_create.elapsed()
+    );
+    let alice_addr = added.from.as_ref().unwrap().addr.clone();
+    assert!(
+        alice_addr.ends_with("@bridge.example.test") && alice_addr.contains("alice"),
+        "alice's puppet address: {alice_addr}"
+    );
+    assert_eq!(added.group.name.as_deref(), Some(group.as_str()));
+
+    // 2. Alice writes; bob gets a mail from her puppet address.
+    let hello_text = format!("hello bob {tag}");
+    let hello_ev = alice
+        .cmd(json!({"cmd": "send", "room": room, "body": hello_text}))
+        .await["event_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let hello = wait_bob(&hub, &stack, &tag, "alice's hello", |m| {
+        m.text.contains(&hello_text)
+    });
+    assert_eq!(hello.from.as_ref().unwrap().addr, alice_addr);
+    let hello_mid = hello.message_id.clone().unwrap();
+
+    // 3. Bob answers with a quote-reply and a photo; alice sees the text as a reply and the image,
+    //    whose bytes she downloads through the authenticated media API.
+    let jpeg = photo();
+    let bob_mid = format!("{tag}.photo@example.test");
+    let boundary = format!("b-{tag}");
+    let body = format!(
+        "Content-Type: multipart/mixed; boundary=\"{boundary}\"\r\n\r\n--{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nnice! here is the view\r\n--{boundary}\r\nContent-Type: image/jpeg\r\nContent-Disposition: attachment; filename=\"view.jpg\"\r\nContent-Transfer-Encoding: base64\r\n\r\n{}\r\n--{boundary}--\r\n",
+        B64.encode(&jpeg)
+            .as_bytes()
+            .chunks(76)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect::<Vec<_>>()
+            .join("\r\n")
+    );
+    let irt = format!("In-Reply-To: <{hello_mid}>\r\nReferences: <{hello_mid}>\r\n");
+    send_raw(
+        BOB,
+        &[&alice_addr],
+        &bob_mail(&group, &[&alice_addr], &bob_mid, &irt, &body),
+    )
+    .await;
+    let ghost = "@_coi_bob=40example.test:matrix.test";
+    let text = alice
+        .wait(
+            "bob's reply",
+            |v| is_from(v, ghost, &room) && v["body"] == "nice! here is the view",
+            T,
+        )
+        .await;
+    assert_eq!(
+        text["content"]["m.relates_to"]["m.in_reply_to"]["event_id"],
+        hello_ev.as_str(),
+        "{text}"
+    );
+    let bob_text_ev = text["event_id"].as_str().unwrap().to_owned();
+    let img = alice
+        .wait(
+            "bob's photo",
+            |v| is_from(v, ghost, &room) && v["content"]["msgtype"] == "m.image",
+            T,
+        )
+        .await;
+    assert_eq!(img["content"]["body"], "view.jpg");
+    assert_eq!(img["content"]["info"]["mimetype"], "image/jpeg");
+    assert_eq!(img["content"]["info"]["size"], jpeg.len());
+    assert!(
+        img["content"]["info"]["w"].as_u64().unwrap_or(0) > 0,
+        "{img}"
+    );
+    let got = alice
+        .cmd(json!({"cmd": "download", "url": img["content"]["url"]}))
+        .await;
+    assert_eq!(
+        B64.decode(got["data_b64"].as_str().unwrap()).unwrap(),
+        jpeg,
+        "the photo arrives byte for byte"
+    );
+
+    // 4. Alice sends a picture back, as a reply to bob's text; bob gets the same bytes, threaded.
+    let mut back = jpeg.clone();
+    back.extend_from_slice(tag.as_bytes()); // JPEG readers ignore trailing bytes; makes it unique
+    let sent = alice
+        .cmd(
+            json!({"cmd": "send_file", "room": room, "data_b64": B64.encode(&back),
+                    "filename": "back.jpg", "mimetype": "image/jpeg", "msgtype": "m.image",
+                    "reply_to": bob_text_ev}),
+        )
+        .await;
+    let alice_img_ev = sent["event_id"].as_str().unwrap().to_owned();
+    let pic = wait_bob(&hub, &stack, &tag, "alice's picture", |m| {
+        m.attachments
+            .iter()
+            .any(|a| a.filename.as_deref() == Some("back.jpg"))
+    });
+    let att = pic
+        .attachments
+        .iter()
+        .find(|a| a.filename.as_deref() == Some("back.jpg"))
+        .unwrap();
+    assert_eq!(att.mime_type, "image/jpeg");
+    assert_eq!(att.data, back, "the picture arrives byte for byte");
+    assert!(pic.in_reply_to.contains(&bob_mid), "{:?}", pic.in_reply_to);
+    let pic_mid = pic.message_id.clone().unwrap();
+
+    // 5. Alice edits her hello, reacts to bob's text and deletes her picture.
+    alice
+        .cmd(json!({"cmd": "edit", "room": room, "target": hello_ev, "body": format!("{hello_text} (edited)")}))
+        .await;
+    let edit = wait_bob(&hub, &stack, &tag, "alice's edit", |m| {
+        m.chat_edit.is_some()
+    });
+    assert_eq!(edit.chat_edit.as_deref(), Some(hello_mid.as_str()));
+    assert!(edit.text.contains("(edited)"), "{}", edit.text);
+    alice
+        .cmd(json!({"cmd": "react", "room": room, "target": bob_text_ev, "key": "👍"}))
+        .await;
+    let reaction = wait_bob(&hub, &stack, &tag, "alice's reaction", |m| {
+        m.reaction.is_some()
+    });
+    assert_eq!(reaction.reaction.as_deref(), Some("👍"));
+    assert!(reaction.in_reply_to.contains(&bob_mid));
+    alice
+        .cmd(json!({"cmd": "redact", "room": room, "target": alice_img_ev}))
+        .await;
+    let delete = wait_bob(&hub, &stack, &tag, "alice's deletion", |m| {
+        !m.chat_delete.is_empty()
+    });
+    assert_eq!(delete.chat_delete, vec![pic_mid.clone()]);
+
+    // 6. Bob reacts to alice's hello, edits his text and deletes it; alice sees each on Matrix.
+    let to = [alice_addr.as_str()];
+    send_raw(
+        BOB,
+        &to,
+        &bob_mail(
+            &group,
+            &to,
+            &format!("{tag}.react@example.test"),
+            &format!("In-Reply-To: <{hello_mid}>\r\n"),
+            "Content-Type: text/plain; charset=utf-8\r\nContent-Disposition: reaction\r\n\r\n❤️\r\n",
+        ),
+    )
+    .await;
+    let r = alice
+        .wait(
+            "bob's reaction",
+            |v| is_from(v, ghost, &room) && v["type"] == "m.reaction",
+            T,
+        )
+        .await;
+    assert_eq!(r["content"]["m.relates_to"]["event_id"], hello_ev.as_str());
+    assert_eq!(r["content"]["m.relates_to"]["key"], "❤️");
+    send_raw(
+        BOB,
+        &to,
+        &bob_mail(
+            &group,
+            &to,
+            &format!("{tag}.edit@example.test"),
+            &format!("Chat-Edit: <{bob_mid}>\r\nIn-Reply-To: <{bob_mid}>\r\n"),
+            &text_body("✏️nice! here is the view from the top"),
+        ),
+    )
+    .await;
+    let e = alice
+        .wait(
+            "bob's edit",
+            |v| is_from(v, ghost, &room) && v["content"]["m.relates_to"]["rel_type"] == "m.replace",
+            T,
+        )
+        .await;
+    assert_eq!(
+        e["content"]["m.relates_to"]["event_id"],
+        bob_text_ev.as_str()
+    );
+    assert_eq!(
+        e["content"]["m.new_content"]["body"],
+        "nice! here is the view from the top"
+    );
+    send_raw(
+        BOB,
+        &to,
+        &bob_mail(
+            &group,
+            &to,
+            &format!("{tag}.del@example.test"),
+            &format!("Chat-Delete: <{bob_mid}>\r\n"),
+            &text_body("🚮"),
+        ),
+    )
+    .await;
+    let d = alice
+        .wait(
+            "bob's deletion",
+            |v| is_from(v, ghost, &room) && v["type"] == "m.room.redaction",
+            T,
+        )
+        .await;
+    assert_eq!(d["redacts"], bob_text_ev.as_str(), "{d}");
+
+    // 7. Room name and topic reach email.
+    let new_name = format!("Trip {tag} (renamed)");
+    alice
+        .cmd(json!({"cmd": "set_name", "room": room, "name": new_name}))
+        .await;
+    let renamed = wait_bob(&hub, &stack, &tag, "the rename", |m| {
+        m.group.name.as_deref() == Some(new_name.as_str())
+    });
+    assert_eq!(
+        renamed.group.name_changed_from.as_deref(),
+        Some(group.as_str()),
+        "Chat-Group-Name-Changed carries the old name"
+    );
+    let topic = format!("Where we go {tag}");
+    alice
+        .cmd(json!({"cmd": "set_topic", "room": room, "topic": topic}))
+        .await;
+    wait_bob(&hub, &stack, &tag, "the topic", |m| {
+        m.group.description.as_deref() == Some(topic.as_str()) || m.text.contains(&topic)
+    });
+
+    // 8. Membership: dan (Matrix) joins and leaves; bob adds and removes carol (email).
+    let mut dan = Peer::start(&python, &hs, "@dan:matrix.test", "danpass").await;
+    alice
+        .cmd(json!({"cmd": "invite", "room": room, "user": "@dan:matrix.test"}))
+        .await;
+    dan.wait(
+        "dan's invite",
+        |v| v["event"] == "invite" && v["room"] == room.as_str(),
+        T,
+    )
+    .await;
+    dan.cmd(json!({"cmd": "join", "room": room})).await;
+    let dan_added = wait_bob(&hub, &stack, &tag, "dan's member-added mail", |m| {
+        m.group
+            .member_added
+            .as_deref()
+            .is_some_and(|a| a.contains("dan"))
+    });
+    let dan_addr = dan_added.group.member_added.clone().unwrap();
+    dan.cmd(json!({"cmd": "leave", "room": room})).await;
+    wait_bob(&hub, &stack, &tag, "dan's member-removed mail", |m| {
+        m.group.member_removed.as_deref() == Some(dan_addr.as_str())
+    });
+    let _ = dan.cmd(json!({"cmd": "shutdown"})).await;
+
+    let to_carol = [alice_addr.as_str(), CAROL];
+    send_raw(
+        BOB,
+        &to_carol,
+        &bob_mail(
+            &group,
+            &to_carol,
+            &format!("{tag}.add@example.test"),
+            &format!("Chat-Group-Member-Added: {CAROL}\r\n"),
+            &text_body(&format!("Member {CAROL} added by {BOB}.")),
+        ),
+    )
+    .await;
+    let carol_ghost = "@_coi_carol=40example.test:matrix.test";
+    alice
+        .wait(
+            "carol's ghost joining",
+            |v| {
+                v["room"] == room.as_str()
+                    && v["type"] == "m.room.member"
+                    && v["state_key"] == carol_ghost
+                    && v["content"]["membership"] == "join"
+            },
+            T,
+        )
+        .await;
+    send_raw(
+        BOB,
+        &to_carol,
+        &bob_mail(
+            &group,
+            &to_carol,
+            &format!("{tag}.rm@example.test"),
+            &format!("Chat-Group-Member-Removed: {CAROL}\r\n"),
+            &text_body(&format!("Member {CAROL} removed by {BOB}.")),
+        ),
+    )
+    .await;
+    alice
+        .wait(
+            "carol's ghost leaving",
+            |v| {
+                v["room"] == room.as_str()
+                    && v["type"] == "m.room.member"
+                    && v["state_key"] == carol_ghost
+                    && v["content"]["membership"] == "leave"
+            },
+            T,
+        )
+        .await;
+
+    // 9. SIGKILL with messages in flight both ways, then a restart.
+    const N: usize = 5;
+    for i in 0..N {
+        alice
+            .cmd(json!({"cmd": "send", "room": room, "body": format!("inflight-m{i} {tag}")}))
+            .await;
+        send_raw(
+            BOB,
+            &to,
+            &bob_mail(
+                &group,
+                &to,
+                &format!("{tag}.inflight{i}@example.test"),
+                "",
+                &text_body(&format!("inflight-e{i} {tag}")),
+            ),
+        )
+        .await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    hub.kill();
+    eprintln!("bridge killed with SIGKILL");
+    // While it is down, both sides keep talking.
+    for i in N..2 * N {
+        alice
+            .cmd(json!({"cmd": "send", "room": room, "body": format!("inflight-m{i} {tag}")}))
+            .await;
+        send_raw(
+            BOB,
+            &to,
+            &bob_mail(
+                &group,
+                &to,
+                &format!("{tag}.inflight{i}@example.test"),
+                "",
+                &text_body(&format!("inflight-e{i} {tag}")),
+            ),
+        )
+        .await;
+    }
+    hub.start();
+    let t_restart = Instant::now();
+    // Matrix: every email message exactly once (deterministic txn ids make retries idempotent).
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    while seen.len() < 2 * N {
+        let v = alice
+            .wait(
+                "the in-flight email messages",
+                |v| {
+                    is_from(v, ghost, &room)
+                        && v["body"]
+                            .as_str()
+                            .is_some_and(|b| b.starts_with("inflight-e"))
+                },
+                T,
+            )
+            .await;
+        *seen
+            .entry(v["body"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    // Email: every Matrix message arrives; a repeat can only be the one mail in flight at the kill.
+    let want: Vec<String> = (0..2 * N).map(|i| format!("inflight-m{i} {tag}")).collect();
+    let start = Instant::now();
+    loop {
+        let mails: Vec<ParsedEmail> = bob_mails(&stack, &tag)
+            .into_iter()
+            .filter(|m| m.text.starts_with("inflight-m"))
+            .collect();
+        if want
+            .iter()
+            .all(|w| mails.iter().any(|m| m.text.contains(w.as_str())))
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(T),
+            "missing in-flight Matrix messages at bob ({} of {})\n{}",
+            mails.len(),
+            want.len(),
+            tail(&hub.log(), 80)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("after restart: all delivered in {:?}", t_restart.elapsed());
+    // Let stragglers (a doubled send) land before counting.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let extra: Vec<String> = alice_extra(&mut alice, ghost, &room).await;
+    assert!(
+        extra.is_empty(),
+        "email messages doubled in Matrix: {extra:?}"
+    );
+    assert!(seen.values().all(|n| *n == 1), "{seen:?}");
+    let mails: Vec<ParsedEmail> = bob_mails(&stack, &tag)
+        .into_iter()
+        .filter(|m| m.text.starts_with("inflight-m"))
+        .collect();
+    let ids: std::collections::BTreeSet<_> =
+        mails.iter().filter_map(|m| m.message_id.clone()).collect();
+    assert_eq!(ids.len(), 2 * N, "one Message-ID per Matrix message");
+    assert!(
+        mails.len() <= 2 * N + 1,
+        "{} mails for {} messages",
+        mails.len(),
+        2 * N
+    );
+
+    let _ = alice.cmd(json!({"cmd": "shutdown"})).await;
+    let _ = alice.child.wait().await;
+    hub.kill();
+}
+
+/// In-flight email messages alice saw again after the first complete round.
+async fn alice_extra(alice: &mut Peer, ghost: &str, room: &str) -> Vec<String> {
+    let mut extra = Vec::new();
+    while let Some(v) = alice
+        .try_take(|v| {
+            is_from(v, ghost, room)
+                && v["body"]
+                    .as_str()
+                    .is_some_and(|b| b.starts_with("inflight-e"))
+        })
+        .await
+    {
+        extra.push(v["body"].as_str().unwrap_or("").to_owned());
+    }
+    extra
+}
