@@ -1020,6 +1020,19 @@ impl StoreTx {
         Ok(())
     }
 
+    /// Records that `reader` has seen `message`; false if that was already recorded.
+    pub async fn mark_seen(&mut self, message: MessageId, reader: PuppetId) -> Result<bool> {
+        let done = sqlx::query(
+            "INSERT INTO receipt (message_id, puppet_id) VALUES ($1, $2) \
+             ON CONFLICT (message_id, puppet_id) DO NOTHING",
+        )
+        .bind(message.0)
+        .bind(reader.0)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
     /// Links a chat to a remote chat id (idempotent for the same pair).
     pub async fn link_chat(
         &mut self,

@@ -387,3 +387,89 @@ async fn membership_and_chat_info_changes_are_applied_and_bridged_once() {
         assert!(members.iter().any(|m| m.native_id == "carol" && !m.joined));
     }
 }
+
+#[tokio::test]
+async fn receipts_name_the_targets_sender_and_request_and_go_out_once_per_reader() {
+    for (name, t) in bridges().await {
+        let r = t.router();
+        let alpha = t.side("alpha").expect("alpha");
+        let beta = t.side("beta").expect("beta");
+        let mut asking = text_event("alpha", "room-r", "a1", "r-1", "please confirm");
+        if let EventKind::Message(c) = &mut asking.kind {
+            c.wants_receipt = true;
+        }
+        r.ingest(asking).await.expect("asking");
+        r.ingest(text_event("alpha", "room-r", "a1", "r-2", "no need"))
+            .await
+            .expect("plain");
+        t.bridge.drain_once(SideName("beta")).await.expect("drain");
+        let d = beta.delivered();
+        let beta_chat = format!("beta-chat-{}", d[0].chat.group_id);
+        let on_beta: Vec<String> = d
+            .iter()
+            .map(|i| format!("beta-{}", i.message_uuid))
+            .collect();
+        let receipt = |reader: &str, id: &str, targets: &[&String]| {
+            let mut ev = text_event("beta", &beta_chat, reader, id, "");
+            ev.chat.create = None;
+            with_kind(
+                ev,
+                EventKind::Receipt {
+                    targets: targets.iter().map(|t| Relation::remote(*t)).collect(),
+                },
+            )
+        };
+        r.ingest(receipt("b1", "seen-1", &[&on_beta[0], &on_beta[1]]))
+            .await
+            .expect("receipt");
+        t.bridge.drain_once(SideName("alpha")).await.expect("drain");
+        let got = alpha.delivered();
+        assert_eq!(got.len(), 1, "{name}");
+        let EventKind::Receipt { targets } = &got[0].event else {
+            panic!("{name}: {:?}", got[0].event)
+        };
+        type Seen<'a> = (Option<&'a str>, bool, Option<&'a str>, Option<&'a str>);
+        let view: Vec<Seen<'_>> = targets
+            .iter()
+            .map(|t| {
+                (
+                    t.remote_id.as_deref(),
+                    t.wants_receipt,
+                    t.sender_remote_id.as_deref(),
+                    t.sender_name.as_deref(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            view,
+            [
+                (Some("r-1"), true, Some("a1"), Some("a1")),
+                (Some("r-2"), false, Some("a1"), Some("a1")),
+            ],
+            "{name}"
+        );
+        assert_eq!(
+            got[0].sender.as_ref().map(|s| s.native_id.as_str()),
+            Some("b1"),
+            "the reader"
+        );
+
+        // The same reader again (a new receipt id, e.g. after a reconnect): nothing new to send.
+        let again = r
+            .ingest(receipt("b1", "seen-2", &[&on_beta[0]]))
+            .await
+            .expect("again");
+        assert!(matches!(again, IngestOutcome::Committed { .. }), "{name}");
+        // Another reader gets their own.
+        r.ingest(receipt("b2", "seen-3", &[&on_beta[0]]))
+            .await
+            .expect("other reader");
+        t.bridge.drain_once(SideName("alpha")).await.expect("drain");
+        let got = alpha.delivered();
+        assert_eq!(got.len(), 2, "{name}: the repeat is not bridged");
+        assert_eq!(
+            got[1].sender.as_ref().map(|s| s.native_id.as_str()),
+            Some("b2")
+        );
+    }
+}

@@ -471,6 +471,7 @@ mod tests {
             message_id: Some(MessageId(1)),
             excerpt: Some("old".into()),
             sender_name: Some("Alice".into()),
+            ..Relation::default()
         };
         let r = render(&item(text("yes", Some(rel.clone()))), &cfg("puppets")).expect("reply");
         assert_eq!(r.mail.in_reply_to.as_deref(), Some("orig@x"));
