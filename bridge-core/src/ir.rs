@@ -207,6 +207,9 @@ pub enum EventKind {
         change: MembershipChange,
     },
     /// Chat name or topic changed; `None` means unchanged.
+    ///
+    /// Outbound, the item's chat view shows the chat as it was just before this event, so the
+    /// previous name is `OutboxItem::chat.name`.
     ChatInfo {
         /// New name.
         name: Option<String>,

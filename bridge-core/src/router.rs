@@ -146,6 +146,7 @@ impl Router {
         let mut event = ev.kind.clone();
         let mut target = None;
         let mut deliverable = true;
+        let mut replaced_info = None;
         match &mut event {
             EventKind::Message(content) => {
                 if let Some(r) = content.reply_to.as_mut()
@@ -202,6 +203,9 @@ impl Router {
                 tx.update_chat_info(chat, name.as_deref(), topic.as_deref(), ts_s)
                     .await?;
                 deliverable = name.is_some() || topic.is_some();
+                if deliverable {
+                    replaced_info = Some(current);
+                }
             }
             EventKind::Notice { .. } => {}
         }
@@ -218,6 +222,9 @@ impl Router {
             )
             .await?;
         tx.link_message(message, ev.side, &ev.remote_id, "").await?;
+        if let Some(before) = &replaced_info {
+            tx.record_chat_info_change(message, before).await?;
+        }
         if let (EventKind::Reaction { key, .. }, Some(t)) = (&event, target) {
             tx.set_reaction(t, sender, key, message).await?;
         }

@@ -389,6 +389,76 @@ async fn membership_and_chat_info_changes_are_applied_and_bridged_once() {
 }
 
 #[tokio::test]
+async fn a_rename_is_delivered_with_the_chat_as_it_was_before_it() {
+    for (name, t) in bridges().await {
+        let r = t.router();
+        let beta = t.side("beta").expect("beta");
+        r.ingest(text_event("alpha", "room-n", "a1", "n-1", "first"))
+            .await
+            .expect("first");
+        let info = |id: &str, name: Option<&str>, topic: Option<&str>| {
+            with_kind(
+                text_event("alpha", "room-n", "a1", id, ""),
+                EventKind::ChatInfo {
+                    name: name.map(str::to_owned),
+                    topic: topic.map(str::to_owned),
+                },
+            )
+        };
+        r.ingest(info("n-2", Some("Second name"), None))
+            .await
+            .expect("rename");
+        r.ingest(text_event("alpha", "room-n", "a1", "n-3", "after"))
+            .await
+            .expect("after");
+        r.ingest(info("n-4", None, Some("A topic")))
+            .await
+            .expect("topic");
+        r.ingest(info("n-5", Some("Third name"), None))
+            .await
+            .expect("rename again");
+        r.ingest(text_event("alpha", "room-n", "a1", "n-6", "last"))
+            .await
+            .expect("last");
+        // Drained only now: every item still sees the chat as it was when its event happened.
+        t.bridge.drain_once(SideName("beta")).await.expect("drain");
+        let d = beta.delivered();
+        let seen: Vec<(&str, String, String)> = d
+            .iter()
+            .map(|d| (d.event.name(), d.chat.name.clone(), d.chat.topic.clone()))
+            .collect();
+        let expected = [
+            ("message", "room-n", ""),
+            ("chat_info", "room-n", ""),
+            ("message", "Second name", ""),
+            ("chat_info", "Second name", ""),
+            ("chat_info", "Second name", "A topic"),
+            ("message", "Third name", "A topic"),
+        ];
+        assert_eq!(
+            seen,
+            expected
+                .iter()
+                .map(|(k, n, t)| (*k, (*n).to_owned(), (*t).to_owned()))
+                .collect::<Vec<_>>(),
+            "{name}"
+        );
+        assert!(matches!(
+            &d[1].event,
+            EventKind::ChatInfo { name: Some(n), topic: None } if n == "Second name"
+        ));
+        // The name timestamp moves with the name.
+        assert!(d[1].chat.name_ts <= d[2].chat.name_ts, "{name}");
+        // A repeated rename to the current name changes nothing and is not bridged.
+        r.ingest(info("n-7", Some("Third name"), None))
+            .await
+            .expect("same name");
+        t.bridge.drain_once(SideName("beta")).await.expect("drain");
+        assert_eq!(beta.delivered().len(), 6, "{name}");
+    }
+}
+
+#[tokio::test]
 async fn receipts_name_the_targets_sender_and_request_and_go_out_once_per_reader() {
     for (name, t) in bridges().await {
         let r = t.router();
