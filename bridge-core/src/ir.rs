@@ -31,8 +31,10 @@ impl UserRef {
 /// A pointer at another message (reply target, edit target, reaction target).
 ///
 /// Inbound, a side fills `remote_id` with its own id of the target; the router fills `message_id`.
-/// Outbound, the hub fills `message_id`, the target side's `remote_id` (if the target is linked there)
-/// and a short `excerpt` of its text for quotes.
+/// Outbound, the hub fills `message_id`, the target side's `remote_id` (if the target is linked there),
+/// a short `excerpt` of its text for quotes, its sender, and whether that sender asked for a read receipt.
+///
+/// Stored events keep relations as JSON: new fields must be `#[serde(default)]`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Relation {
     /// The target's id on the side that reads this relation.
@@ -43,6 +45,14 @@ pub struct Relation {
     pub excerpt: Option<String>,
     /// The target's sender display name, for quote fallbacks.
     pub sender_name: Option<String>,
+    /// Outbound: the target sender's id on the side that reads this relation (an email person's
+    /// address on the email side), if they are linked there.
+    #[serde(default)]
+    pub sender_remote_id: Option<String>,
+    /// Outbound: the target is a message whose sender asked for a read receipt
+    /// ([`MessageContent::wants_receipt`]).
+    #[serde(default)]
+    pub wants_receipt: bool,
 }
 
 impl Relation {
@@ -134,7 +144,9 @@ pub struct MessageContent {
     pub parts: Vec<Part>,
     /// The message this one replies to.
     pub reply_to: Option<Relation>,
-    /// Whether the sender asked for a read receipt.
+    /// Whether the sender asked for a read receipt (email: `Chat-Disposition-Notification-To`
+    /// naming the `From` address).
+    #[serde(default)]
     pub wants_receipt: bool,
 }
 
@@ -195,13 +207,16 @@ pub enum EventKind {
         change: MembershipChange,
     },
     /// Chat name or topic changed; `None` means unchanged.
+    ///
+    /// Outbound, the item's chat view shows the chat as it was just before this event, so the
+    /// previous name is `OutboxItem::chat.name`.
     ChatInfo {
         /// New name.
         name: Option<String>,
         /// New topic.
         topic: Option<String>,
     },
-    /// The sender has seen these messages.
+    /// The sender has seen these messages. The hub drops targets the sender had already seen.
     Receipt {
         /// The messages seen.
         targets: Vec<Relation>,

@@ -146,6 +146,7 @@ impl Router {
         let mut event = ev.kind.clone();
         let mut target = None;
         let mut deliverable = true;
+        let mut replaced_info = None;
         match &mut event {
             EventKind::Message(content) => {
                 if let Some(r) = content.reply_to.as_mut()
@@ -172,10 +173,16 @@ impl Router {
                 }
             }
             EventKind::Receipt { targets } => {
-                for r in targets.iter_mut() {
-                    resolve(&mut tx, ev.side, r, chat).await?;
+                let mut seen = Vec::with_capacity(targets.len());
+                for mut r in std::mem::take(targets) {
+                    // Known targets the reader had not seen yet: one receipt per reader and message.
+                    if let Some(m) = resolve(&mut tx, ev.side, &mut r, chat).await?
+                        && tx.mark_seen(m, sender).await?
+                    {
+                        seen.push(r);
+                    }
                 }
-                targets.retain(|r| r.message_id.is_some());
+                *targets = seen;
                 deliverable = !targets.is_empty();
             }
             EventKind::Membership { subject, change } => {
@@ -196,6 +203,9 @@ impl Router {
                 tx.update_chat_info(chat, name.as_deref(), topic.as_deref(), ts_s)
                     .await?;
                 deliverable = name.is_some() || topic.is_some();
+                if deliverable {
+                    replaced_info = Some(current);
+                }
             }
             EventKind::Notice { .. } => {}
         }
@@ -212,6 +222,9 @@ impl Router {
             )
             .await?;
         tx.link_message(message, ev.side, &ev.remote_id, "").await?;
+        if let Some(before) = &replaced_info {
+            tx.record_chat_info_change(message, before).await?;
+        }
         if let (EventKind::Reaction { key, .. }, Some(t)) = (&event, target) {
             tx.set_reaction(t, sender, key, message).await?;
         }
@@ -395,7 +408,8 @@ async fn resolve_original(
     Ok(Some(m))
 }
 
-/// Fills a relation for delivery on `side`: the target's remote id there, its excerpt and sender name.
+/// Fills a relation for delivery on `side`: the target's remote id there, its excerpt, its sender
+/// (name, and id on `side`) and whether that sender asked for a read receipt.
 pub(crate) async fn resolve_for_side(
     tx: &mut StoreTx,
     side: SideName,
@@ -409,9 +423,12 @@ pub(crate) async fn resolve_for_side(
     if let EventKind::Message(c) = &stored.event {
         let text = c.text();
         r.excerpt = Some(text.chars().take(EXCERPT_CHARS).collect());
+        r.wants_receipt = c.wants_receipt;
     }
     if let Some(p) = stored.sender {
-        r.sender_name = Some(tx.member_view(p, side).await?.display_name);
+        let who = tx.member_view(p, side).await?;
+        r.sender_name = Some(who.display_name);
+        r.sender_remote_id = who.remote_id_here;
     }
     Ok(())
 }

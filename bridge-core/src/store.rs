@@ -641,7 +641,9 @@ impl Store {
         Ok(())
     }
 
-    /// The resolved chat view for a side, as of just before `before` (exclusive).
+    /// The resolved chat view for a side, as of just before `before` (exclusive): name, name timestamp,
+    /// topic and the recent ids are those `before` saw (so a rename's view holds the old name); the
+    /// members are the current ones.
     pub async fn chat_view(
         &self,
         chat: ChatId,
@@ -649,7 +651,21 @@ impl Store {
         before: MessageId,
     ) -> Result<ChatView> {
         let mut tx = self.begin().await?;
-        let c = tx.chat(chat).await?;
+        let mut c = tx.chat(chat).await?;
+        // The first name/topic change at or after `before` recorded what the chat looked like before it.
+        let replaced = sqlx::query(
+            "SELECT old_name, old_name_ts, old_topic FROM chat_info_change \
+             WHERE chat_id = $1 AND message_id >= $2 ORDER BY message_id LIMIT 1",
+        )
+        .bind(chat.0)
+        .bind(before.0)
+        .fetch_optional(&mut *tx.tx)
+        .await?;
+        if let Some(r) = replaced {
+            c.name = r.try_get(0)?;
+            c.name_ts = r.try_get(1)?;
+            c.topic = r.try_get(2)?;
+        }
         let remote_chat_id = tx.chat_link_of(chat, side).await?;
         let members = tx.members(chat, side).await?;
         let root = sqlx::query(
@@ -1018,6 +1034,39 @@ impl StoreTx {
                 .await?;
         }
         Ok(())
+    }
+
+    /// Records what a chat-info event replaced, so later views as of that event show the old state.
+    pub async fn record_chat_info_change(
+        &mut self,
+        message: MessageId,
+        before: &StoredChat,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO chat_info_change (message_id, chat_id, old_name, old_name_ts, old_topic) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(message.0)
+        .bind(before.id.0)
+        .bind(before.name.as_str())
+        .bind(before.name_ts)
+        .bind(before.topic.as_str())
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Records that `reader` has seen `message`; false if that was already recorded.
+    pub async fn mark_seen(&mut self, message: MessageId, reader: PuppetId) -> Result<bool> {
+        let done = sqlx::query(
+            "INSERT INTO receipt (message_id, puppet_id) VALUES ($1, $2) \
+             ON CONFLICT (message_id, puppet_id) DO NOTHING",
+        )
+        .bind(message.0)
+        .bind(reader.0)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(done.rows_affected() > 0)
     }
 
     /// Links a chat to a remote chat id (idempotent for the same pair).

@@ -472,5 +472,159 @@ async fn a_side_takes_part_through_its_members() {
             b.name
         );
         std::mem::forget(b);
+
+#[tokio::test]
+async fn a_rename_is_delivered_with_the_chat_as_it_was_before_it() {
+    for (name, t) in bridges().await {
+        let r = t.router();
+        let beta = t.side("beta").expect("beta");
+        r.ingest(text_event("alpha", "room-n", "a1", "n-1", "first"))
+            .await
+            .expect("first");
+        let info = |id: &str, name: Option<&str>, topic: Option<&str>| {
+            with_kind(
+                text_event("alpha", "room-n", "a1", id, ""),
+                EventKind::ChatInfo {
+                    name: name.map(str::to_owned),
+                    topic: topic.map(str::to_owned),
+                },
+            )
+        };
+        r.ingest(info("n-2", Some("Second name"), None))
+            .await
+            .expect("rename");
+        r.ingest(text_event("alpha", "room-n", "a1", "n-3", "after"))
+            .await
+            .expect("after");
+        r.ingest(info("n-4", None, Some("A topic")))
+            .await
+            .expect("topic");
+        r.ingest(info("n-5", Some("Third name"), None))
+            .await
+            .expect("rename again");
+        r.ingest(text_event("alpha", "room-n", "a1", "n-6", "last"))
+            .await
+            .expect("last");
+        // Drained only now: every item still sees the chat as it was when its event happened.
+        t.bridge.drain_once(SideName("beta")).await.expect("drain");
+        let d = beta.delivered();
+        let seen: Vec<(&str, String, String)> = d
+            .iter()
+            .map(|d| (d.event.name(), d.chat.name.clone(), d.chat.topic.clone()))
+            .collect();
+        let expected = [
+            ("message", "room-n", ""),
+            ("chat_info", "room-n", ""),
+            ("message", "Second name", ""),
+            ("chat_info", "Second name", ""),
+            ("chat_info", "Second name", "A topic"),
+            ("message", "Third name", "A topic"),
+        ];
+        assert_eq!(
+            seen,
+            expected
+                .iter()
+                .map(|(k, n, t)| (*k, (*n).to_owned(), (*t).to_owned()))
+                .collect::<Vec<_>>(),
+            "{name}"
+        );
+        assert!(matches!(
+            &d[1].event,
+            EventKind::ChatInfo { name: Some(n), topic: None } if n == "Second name"
+        ));
+        // The name timestamp moves with the name.
+        assert!(d[1].chat.name_ts <= d[2].chat.name_ts, "{name}");
+        // A repeated rename to the current name changes nothing and is not bridged.
+        r.ingest(info("n-7", Some("Third name"), None))
+            .await
+            .expect("same name");
+        t.bridge.drain_once(SideName("beta")).await.expect("drain");
+        assert_eq!(beta.delivered().len(), 6, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn receipts_name_the_targets_sender_and_request_and_go_out_once_per_reader() {
+    for (name, t) in bridges().await {
+        let r = t.router();
+        let alpha = t.side("alpha").expect("alpha");
+        let beta = t.side("beta").expect("beta");
+        let mut asking = text_event("alpha", "room-r", "a1", "r-1", "please confirm");
+        if let EventKind::Message(c) = &mut asking.kind {
+            c.wants_receipt = true;
+        }
+        r.ingest(asking).await.expect("asking");
+        r.ingest(text_event("alpha", "room-r", "a1", "r-2", "no need"))
+            .await
+            .expect("plain");
+        t.bridge.drain_once(SideName("beta")).await.expect("drain");
+        let d = beta.delivered();
+        let beta_chat = format!("beta-chat-{}", d[0].chat.group_id);
+        let on_beta: Vec<String> = d
+            .iter()
+            .map(|i| format!("beta-{}", i.message_uuid))
+            .collect();
+        let receipt = |reader: &str, id: &str, targets: &[&String]| {
+            let mut ev = text_event("beta", &beta_chat, reader, id, "");
+            ev.chat.create = None;
+            with_kind(
+                ev,
+                EventKind::Receipt {
+                    targets: targets.iter().map(|t| Relation::remote(*t)).collect(),
+                },
+            )
+        };
+        r.ingest(receipt("b1", "seen-1", &[&on_beta[0], &on_beta[1]]))
+            .await
+            .expect("receipt");
+        t.bridge.drain_once(SideName("alpha")).await.expect("drain");
+        let got = alpha.delivered();
+        assert_eq!(got.len(), 1, "{name}");
+        let EventKind::Receipt { targets } = &got[0].event else {
+            panic!("{name}: {:?}", got[0].event)
+        };
+        type Seen<'a> = (Option<&'a str>, bool, Option<&'a str>, Option<&'a str>);
+        let view: Vec<Seen<'_>> = targets
+            .iter()
+            .map(|t| {
+                (
+                    t.remote_id.as_deref(),
+                    t.wants_receipt,
+                    t.sender_remote_id.as_deref(),
+                    t.sender_name.as_deref(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            view,
+            [
+                (Some("r-1"), true, Some("a1"), Some("a1")),
+                (Some("r-2"), false, Some("a1"), Some("a1")),
+            ],
+            "{name}"
+        );
+        assert_eq!(
+            got[0].sender.as_ref().map(|s| s.native_id.as_str()),
+            Some("b1"),
+            "the reader"
+        );
+
+        // The same reader again (a new receipt id, e.g. after a reconnect): nothing new to send.
+        let again = r
+            .ingest(receipt("b1", "seen-2", &[&on_beta[0]]))
+            .await
+            .expect("again");
+        assert!(matches!(again, IngestOutcome::Committed { .. }), "{name}");
+        // Another reader gets their own.
+        r.ingest(receipt("b2", "seen-3", &[&on_beta[0]]))
+            .await
+            .expect("other reader");
+        t.bridge.drain_once(SideName("alpha")).await.expect("drain");
+        let got = alpha.delivered();
+        assert_eq!(got.len(), 2, "{name}: the repeat is not bridged");
+        assert_eq!(
+            got[1].sender.as_ref().map(|s| s.native_id.as_str()),
+            Some("b2")
+        );
     }
 }

@@ -276,14 +276,24 @@ pub fn to_events(
             },
         )]);
     }
-    if parsed.group.name_changed_from.is_some() {
-        return Ok(vec![event(
-            key,
-            EventKind::ChatInfo {
-                name: parsed.group.name.clone(),
-                topic: None,
-            },
-        )]);
+    let name_changed = parsed.group.name_changed_from.is_some();
+    if name_changed || parsed.group.description_changed {
+        // Delta Chat 2.65+: `Chat-Group-Description-Changed` (empty) plus the new `Chat-Group-Description`.
+        let topic = match (parsed.group.description_changed, &parsed.group.description) {
+            (false, _) => None,
+            (true, Some(d)) => Some(d.clone()),
+            (true, None) => {
+                return Err(Skip::Keep(
+                    "description change without Chat-Group-Description".into(),
+                ));
+            }
+        };
+        let name = if name_changed {
+            parsed.group.name.clone()
+        } else {
+            None
+        };
+        return Ok(vec![event(key, EventKind::ChatInfo { name, topic })]);
     }
 
     let mut parts = Vec::new();
@@ -336,6 +346,100 @@ pub fn to_events(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::ParseLimits;
+
+    fn cfg() -> EmailConfig {
+        serde_json::from_value(serde_json::json!({
+            "mail_domain": "bridge.example.test",
+            "bridge_address": "bridge@example.test",
+            "smtp_host": "127.0.0.1",
+        }))
+        .expect("config")
+    }
+
+    fn events(raw: &str) -> Vec<RemoteEvent> {
+        let raw = raw.replace('\n', "\r\n");
+        let parsed = codec::parse(raw.as_bytes(), &ParseLimits::default()).expect("parse");
+        to_events(&parsed, raw.as_bytes(), &cfg(), 0).expect("events")
+    }
+
+    /// A group message by Alice to the bridge, with `extra` headers and `body`.
+    fn group_mail(extra: &str, body: &str) -> String {
+        format!(
+            "From: \"Alice\" <alice@example.test>\n\
+             Message-ID: <d1@localhost>\n\
+             MIME-Version: 1.0\n\
+             Content-Type: text/plain; charset=\"utf-8\"\n\
+             Date: Tue, 01 Dec 2026 10:00:00 +0000\n\
+             To: <xyz@bridge.example.test>\n\
+             Subject: Re: Spike Group\n\
+             In-Reply-To: <042b84ea@localhost>\n\
+             References: <042b84ea@localhost>\n\
+             Chat-Version: 1.0\n\
+             Chat-Group-Name: Spike Group\n\
+             Chat-Group-Name-Timestamp: 1795810854\n\
+             {extra}\
+             \n\
+             {body}\n"
+        )
+    }
+
+    #[test]
+    fn a_delta_chat_description_change_is_a_topic_change() {
+        // Shaped like Delta Chat's `mimefactory` (no captured fixture exists): the header has an empty
+        // value, the new description comes RFC 2047 encoded, the body is a placeholder.
+        let ev = events(&group_mail(
+            "Chat-Group-Description-Changed: \n\
+             Chat-Group-Description: =?utf-8?B?UGxhbnMgZsO8ciAyMDI2?=\n\
+             Chat-Group-Description-Timestamp: 1795811000\n",
+            "[Chat description changed. To see this and other new features, please update the app]",
+        ));
+        assert_eq!(ev.len(), 1);
+        assert_eq!(
+            ev[0].kind,
+            EventKind::ChatInfo {
+                name: None,
+                topic: Some("Plans für 2026".into())
+            }
+        );
+        assert_eq!(ev[0].remote_id, "d1@localhost");
+
+        // Description sent along with other messages (member added, first message) is no change.
+        let ev = events(&group_mail(
+            "Chat-Group-Description: =?utf-8?B?UGxhbnMgZsO8ciAyMDI2?=\n",
+            "Hello",
+        ));
+        assert!(matches!(&ev[0].kind, EventKind::Message(c) if c.text() == "Hello"));
+    }
+
+    #[test]
+    fn a_description_change_without_the_description_is_kept() {
+        let raw = group_mail("Chat-Group-Description-Changed: \n", "x").replace('\n', "\r\n");
+        let parsed = codec::parse(raw.as_bytes(), &ParseLimits::default()).expect("parse");
+        assert!(matches!(
+            to_events(&parsed, raw.as_bytes(), &cfg(), 0),
+            Err(Skip::Keep(_))
+        ));
+    }
+
+    #[test]
+    fn read_receipt_requests_count_only_for_the_from_address() {
+        let wants = |extra: &str| match &events(&group_mail(extra, "Hi"))[0].kind {
+            EventKind::Message(c) => c.wants_receipt,
+            other => panic!("{other:?}"),
+        };
+        assert!(wants(
+            "Chat-Disposition-Notification-To: alice@example.test\n"
+        ));
+        assert!(
+            wants("Disposition-Notification-To: \"Alice\" <Alice@example.test>\n"),
+            "RFC 8098 (COI, classic clients)"
+        );
+        assert!(!wants(
+            "Chat-Disposition-Notification-To: mallory@example.test\n"
+        ));
+        assert!(!wants(""));
+    }
 
     #[test]
     fn subject_prefixes_are_stripped() {

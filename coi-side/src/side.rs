@@ -2,7 +2,7 @@
 
 use crate::codec::{self, ParseLimits};
 use crate::config::{EmailConfig, EmailSecrets, IngestMode, SecurityMode};
-use crate::outgoing::{NotSent, render};
+use crate::outgoing::{NotSent, Rendered, render};
 use crate::receive::{Skip, fnv1a, mail_key, to_events};
 use crate::transport::{
     self, Checkpoint, CheckpointStore, ImapConfig, InboundMail, InboundSink, IngestError,
@@ -97,32 +97,54 @@ impl Side for EmailSide {
             redactions: true,
             reactions: true,
             attachments: true,
-            receipts: false,
+            receipts: true,
             auto_portal: false,
         }
     }
 
     async fn deliver(&self, item: &OutboxItem) -> Result<Delivered, SideError> {
-        let rendered = match render(item, &self.cfg) {
+        let mails = match render(item, &self.cfg) {
             Ok(r) => r,
             Err(NotSent::Ignored(why)) => return Err(SideError::Ignored(why)),
         };
-        let bytes = codec::build(&rendered.mail)
-            .map_err(|e| SideError::Permanent(format!("cannot build the mail: {e}")))?;
-        let delivered = |notices| Delivered {
-            links: vec![(String::new(), rendered.mail.message_id.clone())],
-            chat_link: None,
-            puppet_links: rendered.puppet_links.clone(),
-            notices,
-        };
+        // Build everything before sending anything: a mail that cannot be built fails the item as a whole.
+        let mut built = Vec::with_capacity(mails.len());
+        for rendered in &mails {
+            let bytes = codec::build(&rendered.mail)
+                .map_err(|e| SideError::Permanent(format!("cannot build the mail: {e}")))?;
+            built.push((rendered, bytes));
+        }
+        let mut out = Delivered::default();
+        for (n, (rendered, bytes)) in built.into_iter().enumerate() {
+            // A retry resends earlier mails of the item with the same Message-IDs; receivers dedupe them.
+            out.notices.extend(self.send(rendered, &bytes).await?);
+            let part = if n == 0 {
+                String::new()
+            } else {
+                format!("mail{n}")
+            };
+            out.links.push((part, rendered.mail.message_id.clone()));
+            for link in &rendered.puppet_links {
+                if !out.puppet_links.contains(link) {
+                    out.puppet_links.push(link.clone());
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl EmailSide {
+    /// Sends one mail; returns the recipients that refused it when others took it.
+    async fn send(&self, rendered: &Rendered, bytes: &[u8]) -> Result<Vec<String>, SideError> {
         match self
             .smtp
-            .send(&rendered.envelope_from, &rendered.rcpt_to, &bytes)
+            .send(&rendered.envelope_from, &rendered.rcpt_to, bytes)
             .await
         {
             Ok(()) => {
                 tracing::debug!(message_id = %rendered.mail.message_id, rcpts = rendered.rcpt_to.len(), "Mail sent.");
-                Ok(delivered(Vec::new()))
+                Ok(Vec::new())
             }
             // One refused recipient must not keep the mail from the others: send to each alone.
             Err(e) if e.is_permanent() && rendered.rcpt_to.len() > 1 => {
@@ -130,7 +152,7 @@ impl Side for EmailSide {
                 for rcpt in &rendered.rcpt_to {
                     match self
                         .smtp
-                        .send(&rendered.envelope_from, std::slice::from_ref(rcpt), &bytes)
+                        .send(&rendered.envelope_from, std::slice::from_ref(rcpt), bytes)
                         .await
                     {
                         Ok(()) => {}
@@ -142,7 +164,7 @@ impl Side for EmailSide {
                     return Err(SideError::Permanent(refused.join("; ")));
                 }
                 tracing::warn!(message_id = %rendered.mail.message_id, ?refused, "Some recipients refused the mail.");
-                Ok(delivered(refused))
+                Ok(refused)
             }
             Err(e) if e.is_permanent() => Err(SideError::Permanent(e.to_string())),
             Err(e) => Err(SideError::retry(e.to_string())),

@@ -479,6 +479,24 @@ fn roundtrip_membership_and_rename() {
     let mut no_group = renamed.clone();
     no_group.group = None;
     assert!(matches!(build(&no_group), Err(CodecError::Missing(_))));
+
+    // The description (already in `group_mail`) is the header; the body says it for classic clients.
+    let described = group_mail(OutgoingBody::DescriptionChanged);
+    let p = roundtrip(&described);
+    check_common(&described, &p);
+    assert!(p.group.description_changed);
+    assert_eq!(
+        p.text, "Chat description changed:\n\nEin Raum für alle\nzweite Zeile",
+        "the body keeps the line break"
+    );
+    let mut no_description = described.clone();
+    if let Some(g) = no_description.group.as_mut() {
+        g.description = None;
+    }
+    assert!(matches!(
+        build(&no_description),
+        Err(CodecError::Missing(_))
+    ));
 }
 
 #[test]

@@ -240,3 +240,79 @@ async fn hostile_mail_never_fails_the_sink_and_is_kept() {
         "no chat from hostile senders"
     );
 }
+
+#[tokio::test]
+async fn a_matrix_read_receipt_becomes_one_mdn_to_the_sender_who_asked() {
+    use bridge_core::ir::{ChatLocator, Relation, RemoteEvent, UserRef};
+    use coi_side::codec::OutgoingBody;
+    use coi_side::outgoing::{NotSent, render};
+
+    let t = TestBridge::new(&["matrix", "email"]).await.expect("bridge");
+    let sink = MailSink::new(config(), t.router());
+    let asking = "From: \"Alice\" <alice@example.test>\r\nTo: <xyz@bridge.example.test>\r\n\
+        Message-ID: <ask-1@example.test>\r\nDate: Tue, 01 Dec 2026 10:00:00 +0000\r\nSubject: Plans\r\n\
+        Chat-Version: 1.0\r\nChat-Disposition-Notification-To: alice@example.test\r\n\r\nRead this, please\r\n";
+    let plain = "From: \"Alice\" <alice@example.test>\r\nTo: <xyz@bridge.example.test>\r\n\
+        Message-ID: <plain-1@example.test>\r\nDate: Tue, 01 Dec 2026 10:01:00 +0000\r\nSubject: Re: Plans\r\n\
+        In-Reply-To: <ask-1@example.test>\r\nChat-Version: 1.0\r\n\r\nNo receipt needed\r\n";
+    for raw in [asking, plain] {
+        sink.accept(mail(raw.as_bytes().to_vec()))
+            .await
+            .expect("accept");
+    }
+    t.bridge.drain_once(SideName::MATRIX).await.expect("drain");
+    let m = t.side("matrix").expect("matrix").delivered();
+    assert_eq!(m.len(), 2);
+    let room = format!("matrix-chat-{}", m[0].chat.group_id);
+    let receipt = |id: &str, reader: &str, target: usize| RemoteEvent {
+        side: SideName::MATRIX,
+        remote_id: id.to_owned(),
+        chat: ChatLocator {
+            remote_chat_id: Some(room.clone()),
+            ..ChatLocator::default()
+        },
+        sender: UserRef::new(SideName::MATRIX, reader, Some("Carol".into())),
+        ts_ms: 1_800_000_000_000,
+        kind: EventKind::Receipt {
+            targets: vec![Relation::remote(format!(
+                "matrix-{}",
+                m[target].message_uuid
+            ))],
+        },
+        raw: None,
+    };
+    let router = t.router();
+    router
+        .ingest(receipt("rr-1", "@carol:matrix.test", 0))
+        .await
+        .expect("receipt");
+    router
+        .ingest(receipt("rr-2", "@carol:matrix.test", 0))
+        .await
+        .expect("the same reader again");
+    router
+        .ingest(receipt("rr-3", "@carol:matrix.test", 1))
+        .await
+        .expect("receipt for the plain one");
+    t.bridge.drain_once(SideName::EMAIL).await.expect("drain");
+    let e = t.side("email").expect("email").delivered();
+    assert_eq!(e.len(), 2, "the repeated receipt is not queued again");
+
+    let cfg = config();
+    let mdn = render(&e[0], &cfg).expect("an MDN");
+    assert_eq!(mdn.len(), 1);
+    let carol = "=40carol=3amatrix.test@bridge.example.test";
+    assert_eq!(mdn[0].mail.from.addr, carol);
+    assert_eq!(mdn[0].rcpt_to, ["alice@example.test"]);
+    assert_eq!(
+        mdn[0].mail.body,
+        OutgoingBody::Mdn {
+            original_message_ids: vec!["ask-1@example.test".into()]
+        }
+    );
+    let raw = coi_side::codec::build(&mdn[0].mail).expect("build");
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.contains("Original-Message-ID: <ask-1@example.test>\r\n"));
+    assert!(text.contains("To: \"Alice\" <alice@example.test>\r\n"));
+    assert!(matches!(render(&e[1], &cfg), Err(NotSent::Ignored(_))));
+}

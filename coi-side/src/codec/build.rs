@@ -92,6 +92,9 @@ pub enum OutgoingBody {
         /// The previous name.
         old_name: String,
     },
+    /// `Chat-Group-Description-Changed` system message (the new description is in `group`,
+    /// which must carry one).
+    DescriptionChanged,
     /// Read receipt for messages of the recipient (`To`).
     Mdn {
         /// Acknowledged Message-IDs; the first is `Original-Message-ID`.
@@ -287,6 +290,23 @@ pub fn build(mail: &OutgoingEmail) -> Result<Vec<u8>, CodecError> {
             needs_group("group (for a name-changed message)")?;
             system.push((HeaderDef::ChatGroupNameChanged, text_words(old_name)));
             text_leaf("Chat name changed.")
+        }
+        OutgoingBody::DescriptionChanged => {
+            let description =
+                group
+                    .and_then(|g| g.description.as_deref())
+                    .ok_or(CodecError::Missing(
+                        "group description (for a description-changed message)",
+                    ))?;
+            // Delta Chat sends the header with an empty value and shows its own line; the body is
+            // for classic clients (and old Delta Chat versions), so it says what the description is.
+            system.push((HeaderDef::ChatGroupDescriptionChanged, Vec::new()));
+            if description.trim().is_empty() {
+                text_leaf("Chat description removed.")
+            } else {
+                let text = format!("Chat description changed:\n\n{description}");
+                text_leaf(&render_text(&text, None, false))
+            }
         }
         OutgoingBody::Mdn {
             original_message_ids,

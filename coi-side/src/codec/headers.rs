@@ -80,12 +80,16 @@ header_defs! {
     ChatGroupDescription => "Chat-Group-Description",
     /// Timestamp of the group description.
     ChatGroupDescriptionTimestamp => "Chat-Group-Description-Timestamp",
+    /// Description-changed system message (empty value; the new description is in `Chat-Group-Description`).
+    ChatGroupDescriptionChanged => "Chat-Group-Description-Changed",
     /// Edit request: the Message-ID of the edited message.
     ChatEdit => "Chat-Edit",
     /// Delete request: Message-IDs of the deleted messages.
     ChatDelete => "Chat-Delete",
-    /// Read-receipt request.
+    /// Read-receipt request (Delta Chat).
     ChatDispositionNotificationTo => "Chat-Disposition-Notification-To",
+    /// Read-receipt request (RFC 8098, used by COI and classic clients).
+    DispositionNotificationTo => "Disposition-Notification-To",
     /// Voice message flag (`1`).
     ChatVoiceMessage => "Chat-Voice-Message",
     /// Media duration in milliseconds.

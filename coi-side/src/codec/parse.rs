@@ -66,6 +66,8 @@ pub struct GroupHeaders {
     pub description: Option<String>,
     /// `Chat-Group-Description-Timestamp` (Unix seconds).
     pub description_timestamp: Option<i64>,
+    /// `Chat-Group-Description-Changed` is present (its value is empty by design).
+    pub description_changed: bool,
 }
 
 /// A read receipt (RFC 8098 MDN, Delta Chat flavour).
@@ -133,8 +135,8 @@ pub struct ParsedEmail {
     /// RFC 9078 reaction: the trimmed body of the `Content-Disposition:
     /// reaction` part; an empty string takes a reaction back.
     pub reaction: Option<String>,
-    /// `Chat-Disposition-Notification-To` as sent (lower-cased address). Only
-    /// honour it through [`ParsedEmail::mdn_requested_to`].
+    /// `Chat-Disposition-Notification-To` (else RFC 8098 `Disposition-Notification-To`)
+    /// as sent (lower-cased address). Only honour it through [`ParsedEmail::mdn_requested_to`].
     pub mdn_request: Option<String>,
     /// The message is a read receipt.
     pub mdn: Option<Mdn>,
@@ -161,8 +163,8 @@ pub struct ParsedEmail {
 }
 
 impl ParsedEmail {
-    /// The address a read receipt may be sent to: `Chat-Disposition-Notification-To`
-    /// only when it equals the `From` address (Delta Chat's rule).
+    /// The address a read receipt may be sent to: the requested address only when it
+    /// equals the `From` address (Delta Chat's and COI's rule).
     pub fn mdn_requested_to(&self) -> Option<&str> {
         let requested = self.mdn_request.as_deref()?;
         let from = self.from.as_ref()?;
@@ -236,6 +238,7 @@ pub fn parse(raw: &[u8], limits: &ParseLimits) -> Result<ParsedEmail, CodecError
         chat_delete: top.ids(HeaderDef::ChatDelete, &mut warnings),
         mdn_request: top
             .raw(HeaderDef::ChatDispositionNotificationTo, &mut warnings)
+            .or_else(|| top.raw(HeaderDef::DispositionNotificationTo, &mut warnings))
             .map(|v| bare_addr(&v))
             .filter(|v| !v.is_empty()),
         ..ParsedEmail::default()
@@ -631,6 +634,7 @@ fn read_group(top: &Headers<'_, '_>, warnings: &mut Warnings) -> GroupHeaders {
             HeaderDef::ChatGroupDescriptionTimestamp,
             warnings,
         ),
+        description_changed: top.count(HeaderDef::ChatGroupDescriptionChanged) > 0,
     }
 }
 
