@@ -422,7 +422,7 @@ async fn a_side_takes_part_through_its_members() {
                 "Team",
                 "",
                 Some((SideName("alpha"), &room)),
-                &[alice.clone()],
+                std::slice::from_ref(&alice),
             )
             .await
             .unwrap();
@@ -472,6 +472,8 @@ async fn a_side_takes_part_through_its_members() {
             b.name
         );
         std::mem::forget(b);
+    }
+}
 
 #[tokio::test]
 async fn a_rename_is_delivered_with_the_chat_as_it_was_before_it() {
