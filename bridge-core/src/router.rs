@@ -249,6 +249,8 @@ impl Router {
             }
         }
         tx.commit().await?;
+        // The commit instant of an input (benches/matrix_e2e.rs times ingest by this line).
+        tracing::debug!(side = %ev.side, remote_id = %ev.remote_id, %chat, "Committed.");
         for w in woken {
             if let Some(n) = self.wake.get(w) {
                 n.notify_one();

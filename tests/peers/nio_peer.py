@@ -8,22 +8,25 @@ Run with the test venv (deploy/synapse.sh env gives COI_PYTHON):
 Protocol: one JSON object per line on stdin; one JSON object per line on stdout.
 Requests are {"cmd": NAME, ...args}; an optional "id" is echoed back. Replies are
 {"ok": true, ...results} or {"ok": false, "error": "..."}. Events seen by the sync loop are
-printed as they arrive, as {"event": KIND, ...}. Logs go to stderr only.
+printed as they arrive, as {"event": KIND, ..., "t": time.time() when the sync loop saw it}.
+Logs go to stderr only. Times are Unix seconds (float) of this machine's wall clock.
 Events of the first sync (history) are not reported. On start, after login and the first sync, one line {"ok": true, "ready": true, "user_id": ...}.
 EOF on stdin acts like {"cmd": "shutdown"}.
 
 Commands:
   join     {room} -> {room}
-  send     {room, body, reply_to?, html?} -> {event_id}        (m.text; reply_to: an event id)
+  leave    {room} -> {}                                         (leave and forget)
+  send     {room, body, reply_to?, html?} -> {event_id, t_send, t_done}
+                                          (m.text; reply_to: an event id; t_send / t_done: time.time()
+                                           just before the request and when it returned)
   edit     {room, target, body} -> {event_id}                   (m.replace of target)
   react    {room, target, key} -> {event_id}
   redact   {room, target} -> {event_id}
   send_file {room, data_b64, filename, mimetype, msgtype, reply_to?, caption?} -> {event_id, url}
                                                                (uploads, then m.image / m.file / ...)
   download {url} -> {data_b64, content_type}                   (authenticated media, client v1)
-  create_room {invite?, is_direct?, preset?, name?} -> {room}
+  create_room {invite?, is_direct?, preset?, name?} -> {room}   (alias: create; private by default)
   invite   {room, user} -> {}
-  leave    {room} -> {}
   set_name {room, name} -> {event_id}
   set_topic {room, topic} -> {event_id}
   ping -> {}
@@ -42,11 +45,13 @@ import json
 import urllib.parse
 import logging
 import sys
+import time
 
 from nio import (
     AsyncClient,
     InviteMemberEvent,
     LoginResponse,
+    RoomLeaveResponse,
     RoomMessage,
     Event,
     UnknownEvent,
@@ -73,15 +78,17 @@ async def main():
     live = False  # events of the first sync (history, old invites) are not reported
 
     async def on_invite(room, event):
+        t = time.time()
         if not live:
             return
         if event.state_key == client.user_id and event.membership == "invite":
             key = ("invite", room.room_id)
             if key not in seen:
                 seen.add(key)
-                emit({"event": "invite", "room": room.room_id, "sender": event.sender})
+                emit({"event": "invite", "room": room.room_id, "sender": event.sender, "t": t})
 
     async def on_event(room, event):
+        t = time.time()
         eid = getattr(event, "event_id", None)
         if not live or eid in seen:
             return
@@ -90,12 +97,12 @@ async def main():
         content = source.get("content", {})
         if isinstance(event, RoomMessage):
             emit({"event": "message", "room": room.room_id, "sender": event.sender,
-                  "event_id": eid, "body": content.get("body"), "content": content})
+                  "event_id": eid, "body": content.get("body"), "content": content, "t": t})
         else:
             emit({"event": "other", "room": room.room_id, "sender": getattr(event, "sender", None),
                   "event_id": eid, "type": source.get("type"), "content": content,
                   "state_key": source.get("state_key"),
-                  "redacts": source.get("redacts") or content.get("redacts")})
+                  "redacts": source.get("redacts") or content.get("redacts"), "t": t})
 
     client.add_event_callback(on_invite, InviteMemberEvent)
     client.add_event_callback(on_event, (RoomMessage, UnknownEvent, Event))
@@ -137,11 +144,13 @@ async def main():
 
 
 async def send(client, room, event_type, content):
+    t_send = time.time()
     resp = await client.room_send(room, event_type, content, ignore_unverified_devices=True)
+    t_done = time.time()
     eid = getattr(resp, "event_id", None)
     if not eid:
         raise RuntimeError(f"send failed: {resp}")
-    return {"event_id": eid}
+    return {"event_id": eid, "t_send": t_send, "t_done": t_done}
 
 
 async def handle(client, req):
@@ -154,6 +163,12 @@ async def handle(client, req):
         if not room:
             raise RuntimeError(f"join failed: {resp}")
         return {"room": room}
+    if cmd == "leave":
+        resp = await client.room_leave(req["room"])
+        if not isinstance(resp, RoomLeaveResponse):
+            raise RuntimeError(f"leave failed: {resp}")
+        await client.room_forget(req["room"])
+        return {}
     if cmd == "send":
         content = {"msgtype": "m.text", "body": req["body"]}
         if req.get("html"):
@@ -203,7 +218,7 @@ async def handle(client, req):
                 raise RuntimeError(f"download {r.status}: {body[:200]!r}")
             return {"data_b64": base64.b64encode(body).decode(),
                     "content_type": r.headers.get("Content-Type")}
-    if cmd == "create_room":
+    if cmd in ("create", "create_room"):
         from nio import RoomPreset
         preset = {"private_chat": RoomPreset.private_chat,
                   "trusted_private_chat": RoomPreset.trusted_private_chat,
@@ -219,11 +234,6 @@ async def handle(client, req):
         resp = await client.room_invite(req["room"], req["user"])
         if type(resp).__name__.endswith("Error"):
             raise RuntimeError(f"invite failed: {resp}")
-        return {}
-    if cmd == "leave":
-        resp = await client.room_leave(req["room"])
-        if type(resp).__name__.endswith("Error"):
-            raise RuntimeError(f"leave failed: {resp}")
         return {}
     if cmd in ("set_name", "set_topic"):
         kind, key = ("m.room.name", "name") if cmd == "set_name" else ("m.room.topic", "topic")
