@@ -178,13 +178,14 @@ async fn conversation_across_real_matrix_and_email() {
     assert_eq!(hello.from.as_ref().unwrap().addr, alice_addr);
     let hello_mid = hello.message_id.clone().unwrap();
 
-    // 3. Bob answers with a quote-reply and a photo; alice sees the text as a reply and the image,
-    //    whose bytes she downloads through the authenticated media API.
+    // 3. Bob answers with a quote-reply (top quote + In-Reply-To, as Delta Chat sends one; In-Reply-To
+    //    alone only threads) and a photo; alice sees the text as a reply and the image, whose bytes
+    //    she downloads through the authenticated media API.
     let jpeg = photo();
     let bob_mid = format!("{tag}.photo@example.test");
     let boundary = format!("b-{tag}");
     let body = format!(
-        "Content-Type: multipart/mixed; boundary=\"{boundary}\"\r\n\r\n--{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nnice! here is the view\r\n--{boundary}\r\nContent-Type: image/jpeg\r\nContent-Disposition: attachment; filename=\"view.jpg\"\r\nContent-Transfer-Encoding: base64\r\n\r\n{}\r\n--{boundary}--\r\n",
+        "Content-Type: multipart/mixed; boundary=\"{boundary}\"\r\n\r\n--{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n> {hello_text}\r\n\r\nnice! here is the view\r\n--{boundary}\r\nContent-Type: image/jpeg\r\nContent-Disposition: attachment; filename=\"view.jpg\"\r\nContent-Transfer-Encoding: base64\r\n\r\n{}\r\n--{boundary}--\r\n",
         B64.encode(&jpeg)
             .as_bytes()
             .chunks(76)
@@ -404,15 +405,17 @@ async fn conversation_across_real_matrix_and_email() {
     });
     let _ = dan.cmd(json!({"cmd": "shutdown"})).await;
 
+    // As Delta Chat does, later mails carry the chat's current name and reference its thread.
+    let thread = format!("In-Reply-To: <{hello_mid}>\r\nReferences: <{hello_mid}>\r\n");
     let to_carol = [alice_addr.as_str(), CAROL];
     send_raw(
         BOB,
         &to_carol,
         &bob_mail(
-            &group,
+            &new_name,
             &to_carol,
             &format!("{tag}.add@example.test"),
-            &format!("Chat-Group-Member-Added: {CAROL}\r\n"),
+            &format!("Chat-Group-Member-Added: {CAROL}\r\n{thread}"),
             &text_body(&format!("Member {CAROL} added by {BOB}.")),
         ),
     )
@@ -434,10 +437,10 @@ async fn conversation_across_real_matrix_and_email() {
         BOB,
         &to_carol,
         &bob_mail(
-            &group,
+            &new_name,
             &to_carol,
             &format!("{tag}.rm@example.test"),
-            &format!("Chat-Group-Member-Removed: {CAROL}\r\n"),
+            &format!("Chat-Group-Member-Removed: {CAROL}\r\n{thread}"),
             &text_body(&format!("Member {CAROL} removed by {BOB}.")),
         ),
     )
@@ -465,10 +468,10 @@ async fn conversation_across_real_matrix_and_email() {
             BOB,
             &to,
             &bob_mail(
-                &group,
+                &new_name,
                 &to,
                 &format!("{tag}.inflight{i}@example.test"),
-                "",
+                &thread,
                 &text_body(&format!("inflight-e{i} {tag}")),
             ),
         )
@@ -486,10 +489,10 @@ async fn conversation_across_real_matrix_and_email() {
             BOB,
             &to,
             &bob_mail(
-                &group,
+                &new_name,
                 &to,
                 &format!("{tag}.inflight{i}@example.test"),
-                "",
+                &thread,
                 &text_body(&format!("inflight-e{i} {tag}")),
             ),
         )

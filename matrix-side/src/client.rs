@@ -67,6 +67,17 @@ pub struct MatrixClient {
     http: reqwest::Client,
     base: String,
     as_token: String,
+    /// Whether new rooms make their creator a "creator" outside `users` (room version 12+).
+    creators_outside_users: std::sync::Arc<tokio::sync::OnceCell<bool>>,
+}
+
+/// Whether a room version gives creators power outside the `users` map (MSC4289, room version 12
+/// and the "hydra" test versions).
+pub fn version_has_creators(version: &str) -> bool {
+    match version.parse::<u32>() {
+        Ok(n) => n >= 12,
+        Err(_) => version.contains("hydra"),
+    }
 }
 
 /// Parses `Retry-After` (seconds) or the deprecated `retry_after_ms`.
@@ -95,6 +106,7 @@ impl MatrixClient {
             http,
             base: base.trim_end_matches('/').to_owned(),
             as_token: as_token.to_owned(),
+            creators_outside_users: std::sync::Arc::new(tokio::sync::OnceCell::new()),
         })
     }
 
@@ -360,6 +372,28 @@ impl MatrixClient {
             .map(|_| ())
     }
 
+    /// Whether rooms this homeserver creates by default keep their creator out of the power
+    /// levels' `users` (room version 12+); asked once through `/capabilities`.
+    pub async fn creators_outside_users(&self) -> bool {
+        *self
+            .creators_outside_users
+            .get_or_init(|| async {
+                let v = self
+                    .call(Method::GET, "/_matrix/client/v3/capabilities", None, &[], None)
+                    .await;
+                match v {
+                    Ok(v) => v["capabilities"]["m.room_versions"]["default"]
+                        .as_str()
+                        .is_some_and(version_has_creators),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Could not read the capabilities; assuming room version 10 rules.");
+                        false
+                    }
+                }
+            })
+            .await
+    }
+
     /// `GET /_matrix/client/v1/media/config`: the largest upload the homeserver takes, if it says.
     pub async fn media_upload_limit(&self) -> Result<Option<u64>, ClientError> {
         let v = self
@@ -586,6 +620,15 @@ mod tests {
         assert_ne!(a, txn_id("u-1", "", "@_coi_carol=40x:hs"));
         assert_ne!(a, txn_id("u-1", "1", "@_coi_bob=40x:hs"));
         assert_eq!(a, "coi.u-1._40_5fcoi_5fbob_3d40x_3ahs");
+    }
+
+    #[test]
+    fn room_versions_with_creators() {
+        assert!(version_has_creators("12"));
+        assert!(version_has_creators("org.matrix.hydra.11"));
+        assert!(!version_has_creators("10"));
+        assert!(!version_has_creators("11"));
+        assert!(!version_has_creators(""));
     }
 
     #[test]

@@ -492,7 +492,14 @@ impl Commands {
             .map_err(|e| format!("could not create the chat: {e}"))?;
         let store = self.router.store();
         let stored = store.chat(chat).await.map_err(|e| format!("store: {e}"))?;
-        let body = crate::side::portal_body(&self.namer, &stored.group_id, name, "", &[sender]);
+        let body = crate::side::portal_body(
+            &self.namer,
+            &stored.group_id,
+            name,
+            "",
+            &[sender],
+            self.client.creators_outside_users().await,
+        );
         let room = self
             .client
             .create_room(&body)

@@ -503,11 +503,18 @@ fn to_remote(st: &ListenerState, ev: &Value) -> Vec<RemoteEvent> {
             display_name,
             joined,
         } => {
-            if st.namer.is_ours(&subject) {
-                return Vec::new();
-            }
+            let subject_ref = match st.namer.parse(&subject) {
+                // A Matrix person removed a ghost (kick or ban): the email person leaves the chat.
+                Some((side, native)) if !joined => {
+                    UserRef::new(SideName::intern(&side), native, None)
+                }
+                // Ghost joins are our own doing; the bot is no one's member.
+                Some(_) => return Vec::new(),
+                None if st.namer.is_ours(&subject) => return Vec::new(),
+                None => user(&subject, display_name),
+            };
             EventKind::Membership {
-                subject: user(&subject, display_name),
+                subject: subject_ref,
                 change: if joined {
                     MembershipChange::Join
                 } else {
@@ -766,6 +773,41 @@ mod tests {
         assert_eq!(f.put("e", Some(HS), &body).await.0, 200);
         assert_eq!(f.messages().await, 0);
         assert!(f.txn_seen("e").await);
+    }
+
+    #[tokio::test]
+    async fn a_kicked_ghost_is_an_email_member_leaving() {
+        let f = fixture().await;
+        let member = |id: &str, sender: &str, user: &str, membership: &str| {
+            json!({"type": "m.room.member", "event_id": id, "room_id": ROOM, "sender": sender,
+                   "state_key": user, "content": {"membership": membership}})
+        };
+        let ghost = "@_coi_bob=40x.org:matrix.test";
+        let body = json!({"events": [
+            // The ghost's own join (our doing) and the bot's: echoes.
+            member("$j", ghost, ghost, "join"),
+            member("$b", "@coi_bot:matrix.test", "@coi_bot:matrix.test", "join"),
+            // Alice kicks the ghost: bob leaves the chat.
+            member("$k", "@alice:matrix.test", ghost, "leave"),
+        ]})
+        .to_string();
+        assert_eq!(f.put("k", Some(HS), &body).await.0, 200);
+        let store = f.tb.bridge.store();
+        let chat = store.chats().await.unwrap()[0].id;
+        let events: Vec<_> = store
+            .chat_messages(chat)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.event)
+            .collect();
+        assert_eq!(
+            events,
+            vec![EventKind::Membership {
+                subject: UserRef::new(SideName::EMAIL, "bob@x.org", None),
+                change: MembershipChange::Leave,
+            }]
+        );
     }
 
     #[tokio::test]

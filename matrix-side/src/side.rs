@@ -61,13 +61,26 @@ fn store_err(e: bridge_core::StoreError) -> SideError {
 }
 
 /// The `createRoom` body of a portal room: private, named, with `m.bridge` state, inviting `invite`.
+/// Power level of the Matrix people a portal is opened for: enough to rename the room, set its
+/// topic, invite and remove people (as every member of a Delta Chat group may), not to change the
+/// bridge state or power levels.
+const MEMBER_POWER: i64 = 50;
+
 pub(crate) fn portal_body(
     namer: &GhostNamer,
     group_id: &str,
     name: &str,
     topic: &str,
     invite: &[&str],
+    creator_outside_users: bool,
 ) -> Value {
+    let mut users = serde_json::Map::new();
+    if !creator_outside_users {
+        users.insert(namer.bot_user_id(), json!(100));
+    }
+    for u in invite {
+        users.insert((*u).to_owned(), json!(MEMBER_POWER));
+    }
     let info = json!({
         "bridgebot": namer.bot_user_id(),
         "protocol": {"id": "coi", "displayname": "Email (COI)"},
@@ -78,6 +91,19 @@ pub(crate) fn portal_body(
         "preset": "private_chat",
         "name": name,
         "invite": invite,
+        "power_level_content_override": {
+            "users": users,
+            "invite": 0,
+            "kick": MEMBER_POWER,
+            "events": {
+                "m.room.name": MEMBER_POWER,
+                "m.room.topic": MEMBER_POWER,
+                "m.room.avatar": MEMBER_POWER,
+                "m.bridge": 100,
+                "uk.half-shot.bridge": 100,
+                "m.room.power_levels": 100,
+            },
+        },
         "initial_state": [
             {"type": "m.bridge", "state_key": state_key, "content": info},
             {"type": "uk.half-shot.bridge", "state_key": state_key, "content": info},
@@ -287,6 +313,7 @@ impl MatrixSide {
             &item.chat.name,
             &item.chat.topic,
             &invite,
+            self.client.creators_outside_users().await,
         );
         let room = self.client.create_room(&body).await?;
         tracing::info!(chat = %item.chat.id, %room, "Portal room created.");
@@ -308,10 +335,26 @@ impl MatrixSide {
         let txn = txn_id(&item.message_uuid, part, &who);
         let ts =
             (bridge_core::store::now_ms() - item.ts_ms > MASSAGE_TS_AFTER_MS).then_some(item.ts_ms);
-        Ok(self
+        match self
             .client
             .send(room, actor, event_type, &txn, content, ts)
-            .await?)
+            .await
+        {
+            // The ghost was removed behind our back (kicked, or the cache is stale): join again.
+            Err(e) if e.errcode() == Some("M_FORBIDDEN") && actor.is_some() => {
+                let ghost = actor.unwrap_or_default();
+                tracing::info!(%room, %ghost, "Ghost not in the room; joining again.");
+                if let Ok(mut j) = self.joined.lock() {
+                    j.remove(&(room.to_owned(), ghost.to_owned()));
+                }
+                self.ensure_joined(room, ghost).await?;
+                Ok(self
+                    .client
+                    .send(room, actor, event_type, &txn, content, ts)
+                    .await?)
+            }
+            r => Ok(r?),
+        }
     }
 }
 
@@ -737,6 +780,13 @@ mod tests {
         let create = calls.iter().find(|c| c.1.contains("/createRoom")).unwrap();
         let body: Value = serde_json::from_str(&create.2).unwrap();
         assert_eq!(body["invite"], json!(["@alice:matrix.test"]));
+        let pl = &body["power_level_content_override"];
+        assert_eq!(
+            pl["users"]["@alice:matrix.test"], 50,
+            "members may rename and invite"
+        );
+        assert_eq!(pl["users"]["@coi_bot:matrix.test"], 100);
+        assert_eq!(pl["events"]["m.bridge"], 100);
         assert_eq!(body["initial_state"][0]["type"], "m.bridge");
         assert_eq!(body["initial_state"][1]["type"], "uk.half-shot.bridge");
         let sends: Vec<_> = calls.iter().filter(|c| c.1.contains("/send/")).collect();
