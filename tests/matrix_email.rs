@@ -52,7 +52,12 @@ fn support_repo() -> std::path::PathBuf {
 
 /// Bob's mails from the bridge, parsed (newest last is not guaranteed: Maildir order).
 fn bob_mails(stack: &Path, tag: &str) -> Vec<ParsedEmail> {
-    maildir(stack, "bob")
+    user_mails(stack, "bob", tag)
+}
+
+/// A local user's mails that mention this run's tag, parsed.
+fn user_mails(stack: &Path, user: &str, tag: &str) -> Vec<ParsedEmail> {
+    maildir(stack, user)
         .into_iter()
         .filter(|m| String::from_utf8_lossy(m).contains(tag))
         .filter_map(|m| parse(&m, &ParseLimits::default()).ok())
@@ -67,14 +72,26 @@ fn wait_bob(
     what: &str,
     pred: impl Fn(&ParsedEmail) -> bool,
 ) -> ParsedEmail {
+    wait_mail(hub, stack, "bob", tag, what, pred)
+}
+
+/// Waits for a mail in a local user's Maildir (of this run's chat) that satisfies `pred`.
+fn wait_mail(
+    hub: &Hub,
+    stack: &Path,
+    user: &str,
+    tag: &str,
+    what: &str,
+    pred: impl Fn(&ParsedEmail) -> bool,
+) -> ParsedEmail {
     let start = Instant::now();
     loop {
-        if let Some(m) = bob_mails(stack, tag).into_iter().find(|m| pred(m)) {
+        if let Some(m) = user_mails(stack, user, tag).into_iter().find(|m| pred(m)) {
             return m;
         }
         assert!(
             start.elapsed() < Duration::from_secs(T),
-            "timed out waiting for {what} in bob's mailbox\n--- bridge log tail:\n{}",
+            "timed out waiting for {what} in {user}'s mailbox\n--- bridge log tail:\n{}",
             tail(&hub.log(), 80)
         );
         std::thread::sleep(Duration::from_millis(100));
@@ -421,7 +438,7 @@ async fn conversation_across_real_matrix_and_email() {
     )
     .await;
     let carol_ghost = "@_coi_carol=40example.test:matrix.test";
-    alice
+    let joined = alice
         .wait(
             "carol's ghost joining",
             |v| {
@@ -433,6 +450,11 @@ async fn conversation_across_real_matrix_and_email() {
             T,
         )
         .await;
+    // The ghost is named by the template (no name known: the address) before it joins.
+    assert_eq!(
+        joined["content"]["displayname"], "carol@example.test (email)",
+        "{joined}"
+    );
     send_raw(
         BOB,
         &to_carol,
@@ -458,7 +480,67 @@ async fn conversation_across_real_matrix_and_email() {
         )
         .await;
 
-    // 9. SIGKILL with messages in flight both ways, then a restart.
+    // 9. `invite` in the portal room: dave gets the member-added mail through Postfix.
+    alice
+        .cmd(json!({"cmd": "send", "room": room, "body": "!coi invite dave@example.test"}))
+        .await;
+    let dave_added = wait_mail(
+        &hub,
+        &stack,
+        "dave",
+        &tag,
+        "dave's member-added mail",
+        |m| m.group.member_added.as_deref() == Some("dave@example.test"),
+    );
+    assert_eq!(dave_added.from.as_ref().unwrap().addr, alice_addr);
+    assert_eq!(dave_added.group.name.as_deref(), Some(new_name.as_str()));
+
+    // 10. Read receipts. Bob asks for one (Delta Chat's header); alice reads his message in
+    //     Matrix; bob gets an MDN from her address naming his mail.
+    let ask_mid = format!("{tag}.ask@example.test");
+    send_raw(
+        BOB,
+        &to,
+        &bob_mail(
+            &new_name,
+            &to,
+            &ask_mid,
+            &format!("Chat-Disposition-Notification-To: {BOB}\r\n{thread}"),
+            &text_body("did you read this?"),
+        ),
+    )
+    .await;
+    let ask = alice
+        .wait(
+            "bob's question",
+            |v| is_from(v, ghost, &room) && v["body"] == "did you read this?",
+            T,
+        )
+        .await;
+    alice
+        .cmd(json!({"cmd": "read", "room": room, "event_id": ask["event_id"]}))
+        .await;
+    let mdn = wait_bob(&hub, &stack, &tag, "the MDN for bob's question", |m| {
+        m.mdn
+            .as_ref()
+            .is_some_and(|d| d.original_message_ids.contains(&ask_mid))
+    });
+    assert_eq!(mdn.from.as_ref().unwrap().addr, alice_addr);
+    // And back: bob's mail client reports alice's hello as read; alice sees bob's ghost's receipt.
+    let report = format!(
+        "From: \"Bob\" <{BOB}>\r\nTo: <{alice_addr}>\r\nSubject: Receipt Notification\r\nMessage-ID: <{tag}.mdn@example.test>\r\nDate: {}\r\nChat-Version: 1.0\r\nAuto-Submitted: auto-replied\r\nMIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=disposition-notification; boundary=\"r-{tag}\"\r\n\r\n--r-{tag}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nThis is a receipt notification.\r\n--r-{tag}\r\nContent-Type: message/disposition-notification\r\n\r\nOriginal-Recipient: rfc822;{BOB}\r\nFinal-Recipient: rfc822;{BOB}\r\nOriginal-Message-ID: <{hello_mid}>\r\nDisposition: manual-action/MDN-sent-automatically; displayed\r\n\r\n--r-{tag}--\r\n",
+        support::rfc2822_now()
+    );
+    send_raw(BOB, &to, &report).await;
+    alice
+        .wait(
+            "bob's read receipt",
+            |v| v["event"] == "receipt" && v["user"] == ghost && v["event_id"] == hello_ev.as_str(),
+            T,
+        )
+        .await;
+
+    // 11. SIGKILL with messages in flight both ways, then a restart.
     const N: usize = 5;
     for i in 0..N {
         alice

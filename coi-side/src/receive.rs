@@ -178,11 +178,26 @@ pub fn to_events(
             via.push(id.clone());
         }
     }
-    let locator = ChatLocator {
-        remote_chat_id: parsed.group.id.clone(),
-        via_messages: via,
-        name_and_members: (!name.is_empty()).then(|| (name.clone(), members)),
-        create,
+    let locator = match &parsed.mdn {
+        // A read receipt belongs to the chat of the messages it acknowledges, and never opens one
+        // (its Subject is "Receipt Notification", not a chat name).
+        Some(mdn) => ChatLocator {
+            remote_chat_id: parsed.group.id.clone(),
+            via_messages: mdn
+                .original_message_ids
+                .iter()
+                .chain(via.iter())
+                .cloned()
+                .collect(),
+            name_and_members: None,
+            create: None,
+        },
+        None => ChatLocator {
+            remote_chat_id: parsed.group.id.clone(),
+            via_messages: via,
+            name_and_members: (!name.is_empty()).then(|| (name.clone(), members)),
+            create,
+        },
     };
     let ts_ms = parsed
         .date_unix
@@ -410,6 +425,32 @@ mod tests {
             "Hello",
         ));
         assert!(matches!(&ev[0].kind, EventKind::Message(c) if c.text() == "Hello"));
+    }
+
+    #[test]
+    fn a_read_receipt_finds_its_chat_by_the_messages_it_names_and_never_opens_one() {
+        let raw = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/testdata/classic/dc-mdn.eml"
+        ))
+        .expect("fixture");
+        let parsed = codec::parse(&raw, &ParseLimits::default()).expect("parse");
+        let ids = parsed
+            .mdn
+            .as_ref()
+            .expect("an MDN")
+            .original_message_ids
+            .clone();
+        let ev = to_events(&parsed, &raw, &cfg(), 0).expect("events");
+        assert_eq!(ev.len(), 1);
+        assert!(matches!(ev[0].kind, EventKind::Receipt { .. }));
+        assert!(ev[0].chat.create.is_none(), "a receipt never opens a chat");
+        assert!(ev[0].chat.name_and_members.is_none());
+        assert!(
+            ids.iter().all(|id| ev[0].chat.via_messages.contains(id)),
+            "{:?}",
+            ev[0].chat.via_messages
+        );
     }
 
     #[test]

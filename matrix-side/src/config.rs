@@ -50,6 +50,13 @@ pub struct MatrixConfig {
     /// Largest file fetched from Matrix to send on (bytes); larger ones become a notice.
     #[serde(default = "default_max_file_bytes")]
     pub max_file_bytes: u64,
+    /// Display name of ghosts: `{name}` (the person's name, else their address), `{address}`, `{side}`.
+    #[serde(default = "default_displayname_template")]
+    pub displayname_template: String,
+}
+
+fn default_displayname_template() -> String {
+    "{name} ({side})".to_owned()
 }
 
 fn default_max_file_bytes() -> u64 {
@@ -90,6 +97,8 @@ pub struct MatrixSettings {
     pub permissions: Permissions,
     /// Largest file fetched from Matrix.
     pub max_file_bytes: u64,
+    /// Ghost display name template.
+    pub displayname_template: String,
 }
 
 fn localpart_ok(s: &str) -> bool {
@@ -157,6 +166,14 @@ impl MatrixConfig {
                 "as_token and hs_token must be set and differ (`coi-bridge generate-registration` makes them)",
             ));
         }
+        if !self.displayname_template.contains("{name}")
+            && !self.displayname_template.contains("{address}")
+        {
+            return Err(ConfigError::invalid(
+                "matrix.displayname_template",
+                "must contain {name} or {address}, e.g. \"{name} ({side})\"",
+            ));
+        }
         let permissions = Permissions::parse(&self.server_name, &self.permissions)
             .map_err(|e| ConfigError::invalid("matrix.permissions", e))?;
         Ok(MatrixSettings {
@@ -176,6 +193,7 @@ impl MatrixConfig {
                 .unwrap_or_else(|| format!("http://{listen}")),
             registration_id: self.registration_id.clone(),
             max_file_bytes: self.max_file_bytes,
+            displayname_template: self.displayname_template.clone(),
         })
     }
 
@@ -195,6 +213,7 @@ impl MatrixConfig {
             registration_id: default_id(),
             permissions: BTreeMap::new(),
             max_file_bytes: default_max_file_bytes(),
+            displayname_template: default_displayname_template(),
         }
     }
 }

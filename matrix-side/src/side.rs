@@ -33,6 +33,8 @@ pub struct MatrixSide {
     joined: Mutex<BTreeSet<(String, String)>>,
     /// The homeserver's upload limit, once read.
     upload_limit: tokio::sync::OnceCell<u64>,
+    /// Ghost display name template.
+    displayname_template: String,
 }
 
 fn media_key(message_uuid: &str, part: &str) -> String {
@@ -125,6 +127,7 @@ impl MatrixSide {
             ghosts: Mutex::new(BTreeSet::new()),
             joined: Mutex::new(BTreeSet::new()),
             upload_limit: tokio::sync::OnceCell::new(),
+            displayname_template: settings.displayname_template.clone(),
         })
     }
 
@@ -230,6 +233,20 @@ impl MatrixSide {
             Some(id) if self.namer.is_ours(id) => id.clone(),
             _ => self.namer.user_id(&m.origin_side, &m.native_id),
         })
+    }
+
+    /// A ghost's display name from the template (`{name}`: the person's name, or their address
+    /// when they have none; `{address}`; `{side}`).
+    fn ghost_name(&self, side: &str, native_id: &str, display_name: &str) -> String {
+        let name = if display_name.trim().is_empty() {
+            native_id
+        } else {
+            display_name.trim()
+        };
+        self.displayname_template
+            .replace("{name}", name)
+            .replace("{address}", native_id)
+            .replace("{side}", side)
     }
 
     /// Registers a ghost and sets its display name, once per name.
@@ -384,12 +401,9 @@ impl Side for MatrixSide {
         // Who speaks: the sender's ghost, or the bot for bridge notices and Matrix-native senders.
         let actor = item.sender.as_ref().and_then(|s| self.ghost_of(s));
         if let (Some(ghost), Some(sender)) = (&actor, &item.sender) {
-            let name = if sender.display_name.is_empty() {
-                sender.native_id.as_str()
-            } else {
-                sender.display_name.as_str()
-            };
-            self.ensure_ghost(ghost, name).await?;
+            let name =
+                self.ghost_name(&sender.origin_side, &sender.native_id, &sender.display_name);
+            self.ensure_ghost(ghost, &name).await?;
             if sender.remote_id_here.as_deref() != Some(ghost.as_str()) {
                 out.puppet_links.push((sender.puppet_id, ghost.clone()));
             }
@@ -481,14 +495,12 @@ impl Side for MatrixSide {
                     .user_id(subject.side.as_str(), &subject.remote_id);
                 match change {
                     MembershipChange::Join => {
-                        self.ensure_ghost(
-                            &ghost,
-                            subject
-                                .display_name
-                                .as_deref()
-                                .unwrap_or(&subject.remote_id),
-                        )
-                        .await?;
+                        let name = self.ghost_name(
+                            subject.side.as_str(),
+                            &subject.remote_id,
+                            subject.display_name.as_deref().unwrap_or(""),
+                        );
+                        self.ensure_ghost(&ghost, &name).await?;
                         self.ensure_joined(&room, &ghost).await?;
                     }
                     MembershipChange::Leave => {
@@ -658,6 +670,19 @@ mod tests {
                 ..MessageContent::default()
             }),
         }
+    }
+
+    #[tokio::test]
+    async fn ghost_names_follow_the_template() {
+        let (_hs, _tb, side) = fake_side().await;
+        assert_eq!(
+            side.ghost_name("email", "bob@x.org", " Bob "),
+            "Bob (email)"
+        );
+        assert_eq!(
+            side.ghost_name("email", "bob@x.org", ""),
+            "bob@x.org (email)"
+        );
     }
 
     #[tokio::test]

@@ -27,6 +27,7 @@ Commands:
   download {url} -> {data_b64, content_type}                   (authenticated media, client v1)
   create_room {invite?, is_direct?, preset?, name?} -> {room}   (alias: create; private by default)
   invite   {room, user} -> {}
+  read     {room, event_id} -> {}                               (read receipt + fully read marker)
   set_name {room, name} -> {event_id}
   set_topic {room, topic} -> {event_id}
   ping -> {}
@@ -34,6 +35,7 @@ Commands:
 Events:
   {"event": "invite", "room", "sender"}                 an invite for this user
   {"event": "message", "room", "sender", "event_id", "body", "content"}   any m.room.message
+  {"event": "receipt", "room", "user", "event_id", "receipt_type"}   read receipts
   {"event": "other", "room", "sender", "event_id", "type", "content", "state_key", "redacts"}
                                                        reactions, redactions, members
 """
@@ -48,6 +50,7 @@ import sys
 import time
 
 from nio import (
+    ReceiptEvent,
     AsyncClient,
     InviteMemberEvent,
     LoginResponse,
@@ -104,6 +107,14 @@ async def main():
                   "state_key": source.get("state_key"),
                   "redacts": source.get("redacts") or content.get("redacts"), "t": t})
 
+    async def on_receipt(room, event):
+        if not live:
+            return
+        for r in event.receipts:
+            emit({"event": "receipt", "room": room.room_id, "user": r.user_id,
+                  "event_id": r.event_id, "receipt_type": r.receipt_type, "t": time.time()})
+
+    client.add_ephemeral_callback(on_receipt, ReceiptEvent)
     client.add_event_callback(on_invite, InviteMemberEvent)
     client.add_event_callback(on_event, (RoomMessage, UnknownEvent, Event))
 
@@ -234,6 +245,11 @@ async def handle(client, req):
         resp = await client.room_invite(req["room"], req["user"])
         if type(resp).__name__.endswith("Error"):
             raise RuntimeError(f"invite failed: {resp}")
+        return {}
+    if cmd == "read":
+        resp = await client.room_read_markers(req["room"], req["event_id"], req["event_id"])
+        if type(resp).__name__.endswith("Error"):
+            raise RuntimeError(f"read markers failed: {resp}")
         return {}
     if cmd in ("set_name", "set_topic"):
         kind, key = ("m.room.name", "name") if cmd == "set_name" else ("m.room.topic", "topic")
