@@ -289,14 +289,24 @@ async fn conversation_across_real_matrix_and_email() {
     });
     assert_eq!(edit.chat_edit.as_deref(), Some(hello_mid.as_str()));
     assert!(edit.text.contains("(edited)"), "{}", edit.text);
-    alice
+    let thumbs = alice
         .cmd(json!({"cmd": "react", "room": room, "target": bob_text_ev, "key": "👍"}))
-        .await;
+        .await["event_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let reaction = wait_bob(&hub, &stack, &tag, "alice's reaction", |m| {
-        m.reaction.is_some()
+        m.reaction.as_deref() == Some("👍")
     });
-    assert_eq!(reaction.reaction.as_deref(), Some("👍"));
     assert!(reaction.in_reply_to.contains(&bob_mid));
+    // Redacting her reaction takes it back: an empty RFC 9078 reaction.
+    alice
+        .cmd(json!({"cmd": "redact", "room": room, "target": thumbs}))
+        .await;
+    let undo = wait_bob(&hub, &stack, &tag, "alice taking her reaction back", |m| {
+        m.reaction.as_deref() == Some("")
+    });
+    assert!(undo.in_reply_to.contains(&bob_mid));
     alice
         .cmd(json!({"cmd": "redact", "room": room, "target": alice_img_ev}))
         .await;
@@ -328,6 +338,39 @@ async fn conversation_across_real_matrix_and_email() {
         .await;
     assert_eq!(r["content"]["m.relates_to"]["event_id"], hello_ev.as_str());
     assert_eq!(r["content"]["m.relates_to"]["key"], "❤️");
+    // Bob changes his mind (email: one reaction per person): the ghost's ❤️ goes, 👍 comes.
+    send_raw(
+        BOB,
+        &to,
+        &bob_mail(
+            &group,
+            &to,
+            &format!("{tag}.react2@example.test"),
+            &format!("In-Reply-To: <{hello_mid}>\r\n"),
+            "Content-Type: text/plain; charset=utf-8\r\nContent-Disposition: reaction\r\n\r\n👍\r\n",
+        ),
+    )
+    .await;
+    let heart = r["event_id"].as_str().unwrap().to_owned();
+    alice
+        .wait(
+            "the ghost taking the ❤️ back",
+            |v| {
+                is_from(v, ghost, &room)
+                    && v["type"] == "m.room.redaction"
+                    && v["redacts"] == heart.as_str()
+            },
+            T,
+        )
+        .await;
+    let r2 = alice
+        .wait(
+            "bob's new reaction",
+            |v| is_from(v, ghost, &room) && v["type"] == "m.reaction",
+            T,
+        )
+        .await;
+    assert_eq!(r2["content"]["m.relates_to"]["key"], "👍");
     send_raw(
         BOB,
         &to,

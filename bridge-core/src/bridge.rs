@@ -366,8 +366,16 @@ impl Bridge {
                     resolve_for_side(&mut tx, side, r).await?;
                 }
             }
-            EventKind::Redaction { target } | EventKind::Reaction { target, .. } => {
+            EventKind::Redaction { target } => {
                 resolve_for_side(&mut tx, side, target).await?;
+            }
+            EventKind::Reaction {
+                target, replaces, ..
+            } => {
+                resolve_for_side(&mut tx, side, target).await?;
+                for r in replaces.iter_mut() {
+                    resolve_for_side(&mut tx, side, r).await?;
+                }
             }
             EventKind::Receipt { targets } => {
                 for t in targets.iter_mut() {

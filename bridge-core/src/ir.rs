@@ -198,6 +198,10 @@ pub enum EventKind {
         target: Relation,
         /// The emoji (or other key).
         key: String,
+        /// The sender's earlier reaction events on the target that this one replaces or takes
+        /// back (filled by the hub), for sides where reactions are separate events (Matrix).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        replaces: Vec<Relation>,
     },
     /// Somebody joined or left.
     Membership {

@@ -22,6 +22,9 @@ pub struct Capabilities {
     pub receipts: bool,
     /// The side wants every chat, even ones not linked to it yet (it opens a portal on first delivery).
     pub auto_portal: bool,
+    /// A person may hold several reactions on one message (Matrix); otherwise a new reaction
+    /// replaces the person's earlier one (RFC 9078 as Delta Chat applies it, XEP-0444).
+    pub multiple_reactions: bool,
 }
 
 impl Capabilities {
@@ -34,6 +37,7 @@ impl Capabilities {
             attachments: true,
             receipts: true,
             auto_portal: true,
+            multiple_reactions: false,
         }
     }
 }

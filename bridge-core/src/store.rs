@@ -1227,6 +1227,42 @@ impl StoreTx {
         Ok(())
     }
 
+    /// The reactions a puppet holds on a message: (key, the reaction's event), oldest first.
+    pub async fn reactions_by(
+        &mut self,
+        target: MessageId,
+        puppet: PuppetId,
+    ) -> Result<Vec<(String, MessageId)>> {
+        let rows = sqlx::query(
+            "SELECT reaction_key, event_message_id FROM reaction WHERE message_id = $1 AND puppet_id = $2 ORDER BY id",
+        )
+        .bind(target.0)
+        .bind(puppet.0)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, MessageId(r.try_get(1)?))))
+            .collect()
+    }
+
+    /// Removes one reaction of a puppet.
+    pub async fn remove_reaction(
+        &mut self,
+        target: MessageId,
+        puppet: PuppetId,
+        key: &str,
+    ) -> Result<()> {
+        sqlx::query(
+            "DELETE FROM reaction WHERE message_id = $1 AND puppet_id = $2 AND reaction_key = $3",
+        )
+        .bind(target.0)
+        .bind(puppet.0)
+        .bind(key)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
     /// Records a reaction; an empty key removes all of the puppet's reactions on the target.
     pub async fn set_reaction(
         &mut self,

@@ -135,6 +135,7 @@ async fn message_reply_edit_reaction_redaction_flow_both_ways() {
             EventKind::Reaction {
                 target: Relation::remote("a-1"),
                 key: "👍".into(),
+                replaces: Vec::new(),
             },
         );
         r.ingest(re).await.expect("reaction");
@@ -158,7 +159,7 @@ async fn message_reply_edit_reaction_redaction_flow_both_ways() {
                 "edits target the original"
             );
         }
-        let EventKind::Reaction { target, key } = &d[3].event else {
+        let EventKind::Reaction { target, key, .. } = &d[3].event else {
             panic!()
         };
         assert_eq!(
@@ -628,5 +629,117 @@ async fn receipts_name_the_targets_sender_and_request_and_go_out_once_per_reader
             got[1].sender.as_ref().map(|s| s.native_id.as_str()),
             Some("b2")
         );
+    }
+}
+
+/// Reactions: where a person holds one reaction per message (beta), a new one replaces the earlier
+/// and the other sides learn which event it replaces; where several are allowed (alpha, like
+/// Matrix) they add up, and deleting one's own reaction event takes just that one back.
+#[tokio::test]
+async fn reactions_replace_add_up_and_are_taken_back() {
+    use bridge_core::testing::FakeSide;
+    use bridge_core::{Bridge, Capabilities, RetryPolicy};
+    use std::time::Duration;
+    for b in common::backends().await {
+        let alpha = FakeSide::with_capabilities(
+            "alpha",
+            Capabilities {
+                multiple_reactions: true,
+                ..Capabilities::all()
+            },
+        );
+        let beta = FakeSide::new("beta");
+        let bridge = Bridge::builder(b.store.clone())
+            .retry(RetryPolicy {
+                initial: Duration::from_millis(0),
+                max: Duration::from_millis(0),
+                max_attempts: 5,
+            })
+            .side(alpha.clone())
+            .side(beta.clone())
+            .build();
+        let r = bridge.router();
+        let room = format!("room-{}", uuid::Uuid::new_v4().simple());
+        let id = |n: &str| format!("{room}-{n}");
+        r.ingest(text_event("alpha", &room, "a1", &id("m"), "hello"))
+            .await
+            .unwrap();
+        bridge.drain_once(SideName("beta")).await.unwrap();
+        let beta_m = beta.delivered()[0].message_uuid.clone();
+        // The chat as beta knows it (the fake side links it on first delivery).
+        let beta_room = format!("beta-chat-{}", beta.delivered()[0].chat.group_id);
+        let react = |side: &'static str, who: &str, rid: &str, target: &str, key: &str| {
+            let chat = if side == "beta" { &beta_room } else { &room };
+            with_kind(
+                text_event(side, chat, who, rid, ""),
+                EventKind::Reaction {
+                    target: Relation::remote(target),
+                    key: key.into(),
+                    replaces: Vec::new(),
+                },
+            )
+        };
+        let reaction_at = |side: &FakeSide, i: usize| match &side.delivered()[i].event {
+            EventKind::Reaction { key, replaces, .. } => (
+                key.clone(),
+                replaces
+                    .iter()
+                    .map(|r| r.remote_id.clone().unwrap_or_default())
+                    .collect::<Vec<_>>(),
+            ),
+            other => panic!("{other:?}"),
+        };
+        // beta's person reacts 👍 then ❤️: on alpha the ❤️ replaces the 👍 event alpha holds.
+        let beta_target = format!("beta-{beta_m}");
+        r.ingest(react("beta", "b1", &id("r1"), &beta_target, "👍"))
+            .await
+            .unwrap();
+        r.ingest(react("beta", "b1", &id("r2"), &beta_target, "❤️"))
+            .await
+            .unwrap();
+        bridge.drain_once(SideName("alpha")).await.unwrap();
+        let first = alpha.delivered()[0].message_uuid.clone();
+        assert_eq!(reaction_at(&alpha, 0), ("👍".to_owned(), vec![]));
+        assert_eq!(
+            reaction_at(&alpha, 1),
+            ("❤️".to_owned(), vec![format!("alpha-{first}")]),
+            "{}",
+            b.name
+        );
+        // An empty reaction takes the ❤️ back.
+        r.ingest(react("beta", "b1", &id("r3"), &beta_target, ""))
+            .await
+            .unwrap();
+        bridge.drain_once(SideName("alpha")).await.unwrap();
+        let second = alpha.delivered()[1].message_uuid.clone();
+        assert_eq!(
+            reaction_at(&alpha, 2),
+            (String::new(), vec![format!("alpha-{second}")])
+        );
+
+        // alpha's person adds 👍 and 🎉 (both stay: nothing replaced), then deletes the 🎉 event:
+        // beta hears "their reaction is 👍 now".
+        r.ingest(react("alpha", "a1", &id("x1"), &id("m"), "👍"))
+            .await
+            .unwrap();
+        r.ingest(react("alpha", "a1", &id("x2"), &id("m"), "🎉"))
+            .await
+            .unwrap();
+        r.ingest(with_kind(
+            text_event("alpha", &room, "a1", &id("x3"), ""),
+            EventKind::Redaction {
+                target: Relation::remote(id("x2")),
+            },
+        ))
+        .await
+        .unwrap();
+        bridge.drain_once(SideName("beta")).await.unwrap();
+        assert_eq!(reaction_at(&beta, 1), ("👍".to_owned(), vec![]));
+        assert_eq!(reaction_at(&beta, 2), ("🎉".to_owned(), vec![]));
+        let (key, replaced) = reaction_at(&beta, 3);
+        assert_eq!(key, "👍", "the redaction became a reaction change");
+        assert_eq!(replaced.len(), 1);
+        assert!(replaced[0].starts_with("beta-"), "{replaced:?}");
+        std::mem::forget(b);
     }
 }

@@ -302,7 +302,7 @@ fn render_group_mail(item: &OutboxItem, cfg: &EmailConfig) -> Result<Rendered, N
                 ));
             }
         },
-        EventKind::Reaction { target, key } => match &target.remote_id {
+        EventKind::Reaction { target, key, .. } => match &target.remote_id {
             Some(id) => {
                 in_reply_to = Some(id.clone());
                 OutgoingBody::Reaction { emoji: key.clone() }
@@ -592,6 +592,7 @@ mod tests {
             &item(EventKind::Reaction {
                 target: rel,
                 key: "👍".into(),
+                replaces: Vec::new(),
             }),
             &cfg("puppets"),
         );
@@ -599,6 +600,7 @@ mod tests {
         let unknown = EventKind::Reaction {
             target: Relation::default(),
             key: "👍".into(),
+            replaces: Vec::new(),
         };
         assert!(
             render(&item(unknown), &cfg("puppets")).is_err(),

@@ -232,6 +232,7 @@ pub fn to_events(
             EventKind::Reaction {
                 target: Relation::remote(target),
                 key: emoji.clone(),
+                replaces: Vec::new(),
             },
         )]);
     }

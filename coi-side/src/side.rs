@@ -99,6 +99,7 @@ impl Side for EmailSide {
             attachments: true,
             receipts: true,
             auto_portal: false,
+            multiple_reactions: false,
         }
     }
 

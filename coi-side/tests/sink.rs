@@ -102,7 +102,7 @@ async fn delta_chat_fixtures_become_one_chat_with_relations() {
         "quote-reply"
     );
     assert_eq!(reply.text(), "Reply from Bob (quoting Alice).");
-    let EventKind::Reaction { target, key } = &d[2].event else {
+    let EventKind::Reaction { target, key, .. } = &d[2].event else {
         panic!()
     };
     assert_eq!(

@@ -497,6 +497,7 @@ fn to_remote(st: &ListenerState, ev: &Value) -> Vec<RemoteEvent> {
         Incoming::Reaction { target, key } => EventKind::Reaction {
             target: Relation::remote(target),
             key,
+            replaces: Vec::new(),
         },
         Incoming::Membership {
             user: subject,

@@ -389,6 +389,7 @@ impl Side for MatrixSide {
             attachments: true,
             receipts: true,
             auto_portal: true,
+            multiple_reactions: true,
         }
     }
 
@@ -461,11 +462,33 @@ impl Side for MatrixSide {
                     .await?;
                 out.links.push((String::new(), id));
             }
-            EventKind::Reaction { target, key } => {
+            EventKind::Reaction {
+                target,
+                key,
+                replaces,
+            } => {
+                // The ghost's earlier reactions that this one replaces (or takes back) are
+                // redacted first; each redaction has its own deterministic txn id.
+                let who = actor.map_or_else(|| self.namer.bot_user_id(), str::to_owned);
+                for (i, old) in replaces.iter().enumerate() {
+                    if let Some(old_id) = old.remote_id.as_deref() {
+                        let txn = txn_id(&item.message_uuid, &format!("undo{i}"), &who);
+                        match self.client.redact(&room, actor, old_id, &txn).await {
+                            Ok(_) => {}
+                            // Already gone (redacted by someone else): nothing to undo.
+                            Err(e) if e.errcode() == Some("M_NOT_FOUND") => {}
+                            Err(e) => return Err(e.into()),
+                        }
+                    }
+                }
                 if key.is_empty() {
-                    return Err(SideError::Unsupported(
-                        "taking a reaction back is not bridged to Matrix yet".into(),
-                    ));
+                    return if replaces.iter().any(|r| r.remote_id.is_some()) {
+                        Ok(out)
+                    } else {
+                        Err(SideError::Ignored(
+                            "no reaction of theirs on Matrix to take back".into(),
+                        ))
+                    };
                 }
                 let Some(t) = target.remote_id.as_deref() else {
                     return Err(SideError::Ignored(

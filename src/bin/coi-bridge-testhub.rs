@@ -124,7 +124,7 @@ fn describe(ev: &EventKind) -> Described {
         EventKind::Edit { target, content } => {
             (content.text(), None, target.remote_id.clone(), None, files)
         }
-        EventKind::Reaction { target, key } => (
+        EventKind::Reaction { target, key, .. } => (
             String::new(),
             None,
             target.remote_id.clone(),
@@ -184,6 +184,7 @@ fn to_event(i: Inject) -> RemoteEvent {
         Some("reaction") => EventKind::Reaction {
             target,
             key: i.text,
+            replaces: Vec::new(),
         },
         Some("edit") => EventKind::Edit { target, content },
         Some("redaction") => EventKind::Redaction { target },
