@@ -194,6 +194,20 @@ async fn conversation_across_real_matrix_and_email() {
     });
     assert_eq!(hello.from.as_ref().unwrap().addr, alice_addr);
     let hello_mid = hello.message_id.clone().unwrap();
+    // Formatted text reaches email as a sanitised text/html alternative.
+    alice
+        .cmd(json!({"cmd": "send", "room": room, "body": format!("bold {tag}"),
+                    "html": format!("<b>bold</b> {tag}<script>alert(1)</script><img src=\"https://tracker.example/p.gif\">")}))
+        .await;
+    let formatted = wait_bob(&hub, &stack, &tag, "alice's formatted message", |m| {
+        m.text.contains("bold") && m.html.is_some()
+    });
+    let html = formatted.html.unwrap();
+    assert!(html.contains("<b>bold</b>"), "{html}");
+    assert!(
+        !html.contains("script") && !html.contains("tracker"),
+        "{html}"
+    );
 
     // 3. Bob answers with a quote-reply (top quote + In-Reply-To, as Delta Chat sends one; In-Reply-To
     //    alone only threads) and a photo; alice sees the text as a reply and the image, whose bytes

@@ -78,6 +78,71 @@ pub fn strip_html_reply_fallback(html: &str) -> String {
     }
 }
 
+/// Tags the Matrix spec allows in `formatted_body` (client-server API, "m.room.message msgtypes"),
+/// minus `img` (its `mxc://` source means nothing outside Matrix).
+const HTML_TAGS: &[&str] = &[
+    "font",
+    "del",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "blockquote",
+    "p",
+    "a",
+    "ul",
+    "ol",
+    "sup",
+    "sub",
+    "li",
+    "b",
+    "i",
+    "u",
+    "strong",
+    "em",
+    "s",
+    "strike",
+    "code",
+    "hr",
+    "br",
+    "div",
+    "table",
+    "thead",
+    "tbody",
+    "tr",
+    "th",
+    "td",
+    "caption",
+    "pre",
+    "span",
+    "details",
+    "summary",
+];
+
+/// Sanitises Matrix HTML before it leaves Matrix (it becomes the `text/html` part of a mail):
+/// only the spec's tags, links to http(s) and mailto with `rel="noopener noreferrer"`, no styles,
+/// scripts, images, forms or event handlers.
+pub fn sanitize_html(html: &str) -> String {
+    use std::collections::{HashMap, HashSet};
+    static CLEANER: std::sync::LazyLock<ammonia::Builder<'static>> =
+        std::sync::LazyLock::new(|| {
+            let mut b = ammonia::Builder::empty();
+            b.tags(HTML_TAGS.iter().copied().collect::<HashSet<_>>())
+                .tag_attributes(HashMap::from([
+                    ("a", HashSet::from(["href", "title"])),
+                    ("ol", HashSet::from(["start"])),
+                    ("code", HashSet::from(["class"])),
+                ]))
+                .url_schemes(HashSet::from(["http", "https", "mailto"]))
+                .url_relative(ammonia::UrlRelative::Deny)
+                .link_rel(Some("noopener noreferrer"));
+            b
+        });
+    CLEANER.clean(html).to_string()
+}
+
 /// Converts the content of an `m.room.message` (or its `m.new_content`) into IR content.
 pub fn message_content(content: &Value, is_reply: bool) -> Option<MessageContent> {
     let msgtype = s(content, "msgtype")?;
@@ -92,9 +157,9 @@ pub fn message_content(content: &Value, is_reply: bool) -> Option<MessageContent
         .flatten()
         .map(|h| {
             if is_reply {
-                strip_html_reply_fallback(h)
+                sanitize_html(&strip_html_reply_fallback(h))
             } else {
-                h.to_owned()
+                sanitize_html(h)
             }
         });
     let part = match msgtype {
@@ -529,6 +594,36 @@ mod tests {
                 }
             }
         );
+    }
+
+    #[test]
+    fn html_is_sanitised() {
+        let dirty = r#"<b onclick="x()">bold</b><script>alert(1)</script><img src="mxc://a/b">
+            <a href="javascript:alert(1)">js</a><a href="https://ok.example/">ok</a>
+            <span style="position:fixed" data-mx-color="red">c</span><iframe src="https://x"></iframe>"#;
+        let clean = sanitize_html(dirty);
+        assert!(clean.contains("<b>bold</b>"), "{clean}");
+        assert!(
+            clean.contains(r#"<a href="https://ok.example/" rel="noopener noreferrer">ok</a>"#),
+            "{clean}"
+        );
+        for bad in [
+            "onclick",
+            "script",
+            "alert",
+            "img",
+            "javascript",
+            "style",
+            "iframe",
+        ] {
+            assert!(!clean.contains(bad), "{bad} in {clean}");
+        }
+        let ev = json!({"type":"m.room.message","content":{"msgtype":"m.text","body":"x",
+            "format":"org.matrix.custom.html","formatted_body":"<i>x</i><script>1</script>"}});
+        let Incoming::Message(m) = incoming(&ev) else {
+            panic!()
+        };
+        assert!(matches!(&m.parts[0], Part::Text { html: Some(h), .. } if h == "<i>x</i>"));
     }
 
     #[test]
