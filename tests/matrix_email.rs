@@ -537,6 +537,87 @@ async fn conversation_across_real_matrix_and_email() {
         )
         .await;
 
+    // 8b. Inviting a ghost adds its email person: carol's ghost invited back into the portal.
+    alice
+        .cmd(json!({"cmd": "invite", "room": room, "user": carol_ghost}))
+        .await;
+    wait_mail(
+        &hub,
+        &stack,
+        "carol",
+        &tag,
+        "carol's member-added mail",
+        |m| {
+            m.group.member_added.as_deref() == Some(CAROL)
+                && m.from.as_ref().is_some_and(|f| f.addr == alice_addr)
+        },
+    );
+    alice
+        .wait(
+            "carol's ghost accepting the invite",
+            |v| {
+                v["room"] == room.as_str()
+                    && v["type"] == "m.room.member"
+                    && v["state_key"] == carol_ghost
+                    && v["content"]["membership"] == "join"
+            },
+            T,
+        )
+        .await;
+    // 8c. A DM with a ghost is a new chat with that email person, both ways.
+    let dm_bob = alice
+        .cmd(
+            json!({"cmd": "create_room", "is_direct": true, "preset": "trusted_private_chat",
+                    "name": format!("Just us {tag}"), "invite": [ghost]}),
+        )
+        .await["room"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    alice
+        .wait(
+            "bob's ghost joining the DM",
+            |v| {
+                v["room"] == dm_bob.as_str()
+                    && v["type"] == "m.room.member"
+                    && v["state_key"] == ghost
+                    && v["content"]["membership"] == "join"
+            },
+            T,
+        )
+        .await;
+    alice
+        .cmd(json!({"cmd": "send", "room": dm_bob, "body": format!("just between us {tag}")}))
+        .await;
+    let private = wait_bob(&hub, &stack, &tag, "alice's DM", |m| {
+        m.text.contains("just between us")
+    });
+    assert_eq!(
+        private.group.name.as_deref(),
+        Some(format!("Just us {tag}").as_str())
+    );
+    let private_mid = private.message_id.clone().unwrap();
+    let to_dm = [alice_addr.as_str()];
+    send_raw(
+        BOB,
+        &to_dm,
+        &bob_mail(
+            &format!("Just us {tag}"),
+            &to_dm,
+            &format!("{tag}.dm@example.test"),
+            &format!("In-Reply-To: <{private_mid}>\r\nReferences: <{private_mid}>\r\n"),
+            &text_body("sure, just us"),
+        ),
+    )
+    .await;
+    alice
+        .wait(
+            "bob's answer in the DM",
+            |v| is_from(v, ghost, &dm_bob) && v["body"] == "sure, just us",
+            T,
+        )
+        .await;
+
     // 9. `invite` in the portal room: dave gets the member-added mail through Postfix.
     alice
         .cmd(json!({"cmd": "send", "room": room, "body": "!coi invite dave@example.test"}))
@@ -551,6 +632,25 @@ async fn conversation_across_real_matrix_and_email() {
     );
     assert_eq!(dave_added.from.as_ref().unwrap().addr, alice_addr);
     assert_eq!(dave_added.group.name.as_deref(), Some(new_name.as_str()));
+
+    // Dave's ghost never existed on Matrix: inviting it makes Synapse ask the bridge (user query),
+    // which creates it; the ghost joins (dave is a member already: no second mail).
+    let dave_ghost = "@_coi_dave=40example.test:matrix.test";
+    alice
+        .cmd(json!({"cmd": "invite", "room": room, "user": dave_ghost}))
+        .await;
+    alice
+        .wait(
+            "dave's ghost accepting the invite",
+            |v| {
+                v["room"] == room.as_str()
+                    && v["type"] == "m.room.member"
+                    && v["state_key"] == dave_ghost
+                    && v["content"]["membership"] == "join"
+            },
+            T,
+        )
+        .await;
 
     // 10. Read receipts. Bob asks for one (Delta Chat's header); alice reads his message in
     //     Matrix; bob gets an MDN from her address naming his mail.

@@ -272,6 +272,17 @@ impl Commands {
                 }
                 true
             }
+            "m.room.member"
+                if ev.pointer("/content/membership").and_then(Value::as_str) == Some("invite")
+                    && str_of(ev, "state_key")
+                        .is_some_and(|u| u != bot && self.namer.is_ours(u)) =>
+            {
+                let ghost = str_of(ev, "state_key").unwrap_or_default();
+                if self.first_time(event_id).await {
+                    self.ghost_invited(ev, room, sender, ghost, event_id).await;
+                }
+                true
+            }
             "m.room.encryption" => {
                 if self.first_time(event_id).await && self.cares_about(room).await {
                     self.say(room, event_id, E2EE_REFUSAL).await;
@@ -368,6 +379,114 @@ impl Commands {
                 tracing::warn!(%room, error = %e, "Could not read the room's encryption state.");
                 false
             }
+        }
+    }
+
+    /// A Matrix person invited a ghost: in a portal room the email person becomes a member (they
+    /// get a "member added" mail); elsewhere (a DM with the ghost, a new room) the room becomes a
+    /// new chat with them. The ghost accepts; where it cannot bridge it says why and leaves.
+    async fn ghost_invited(
+        &self,
+        ev: &Value,
+        room: &str,
+        sender: &str,
+        ghost: &str,
+        event_id: &str,
+    ) {
+        let Some((side, addr)) = self.namer.parse(ghost) else {
+            return;
+        };
+        let local = ghost
+            .strip_prefix('@')
+            .and_then(|u| u.split_once(':'))
+            .map_or(ghost, |(l, _)| l);
+        if let Err(e) = self.client.register(local).await {
+            tracing::warn!(%ghost, error = %e, "Could not register an invited ghost.");
+            return;
+        }
+        if let Err(e) = self.client.join(room, ghost).await {
+            tracing::warn!(%room, %ghost, error = %e, "An invited ghost could not join.");
+            return;
+        }
+        let refuse = |why: String| async move {
+            tracing::info!(%room, %ghost, %sender, reason = %why, "Ghost invite refused.");
+            let txn = txn_id(&format!("ghost-invite.{event_id}"), "", ghost);
+            let content = json!({"msgtype": "m.notice", "body": why});
+            let _ = self
+                .client
+                .send(room, Some(ghost), "m.room.message", &txn, &content, None)
+                .await;
+            let _ = self.client.leave(room, ghost).await;
+        };
+        if side != SideName::EMAIL.as_str() || !is_email(&addr) {
+            return refuse(format!(
+                "{ghost} is not an email address this bridge can reach."
+            ))
+            .await;
+        }
+        if self.permissions.level(sender) < Level::User {
+            return refuse(format!(
+                "You may not add email people through this bridge (ask its admin); {addr} was not added."
+            ))
+            .await;
+        }
+        if self
+            .encrypted(room, ev.pointer("/unsigned/invite_room_state"))
+            .await
+        {
+            return refuse(E2EE_REFUSAL.to_owned()).await;
+        }
+        let store = self.router.store();
+        let chat = match store.chat_by_link(SideName::MATRIX, room).await {
+            Ok(Some(chat)) => chat,
+            Ok(None) => {
+                // A new chat for this room, named like the room (or after the two people).
+                // The invite carries the room's stripped state (the bot is not in this room).
+                let name = ev
+                    .pointer("/unsigned/invite_room_state")
+                    .and_then(Value::as_array)
+                    .and_then(|a| a.iter().find(|e| str_of(e, "type") == Some("m.room.name")))
+                    .and_then(|e| e.pointer("/content/name"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .trim()
+                    .to_owned();
+                let name = if name.is_empty() {
+                    format!(
+                        "{} & {addr}",
+                        sender
+                            .trim_start_matches('@')
+                            .split(':')
+                            .next()
+                            .unwrap_or(sender)
+                    )
+                } else {
+                    name
+                };
+                let me = UserRef::new(SideName::MATRIX, sender, None);
+                match self
+                    .router
+                    .create_chat(&name, "", Some((SideName::MATRIX, room)), &[me])
+                    .await
+                {
+                    Ok(c) => c,
+                    Err(e) => return refuse(format!("Could not open a chat: {e}")).await,
+                }
+            }
+            Err(e) => {
+                tracing::warn!(%room, error = %e, "Store error on a ghost invite.");
+                return;
+            }
+        };
+        match self
+            .add_email(chat, room, sender, &addr, &format!("{event_id}#ghost"))
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(%room, %ghost, %sender, "Email person added by inviting their ghost.");
+                self.router.wake(SideName::MATRIX);
+            }
+            Err(e) => refuse(format!("{addr} was not added: {e}")).await,
         }
     }
 

@@ -185,15 +185,36 @@ async fn ping(
 
 async fn query_user(
     State(st): State<Arc<ListenerState>>,
-    Path(_user): Path<String>,
+    Path(user): Path<String>,
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     if let Err(r) = authorize(&st, &headers, &q) {
         return r.into_response();
     }
-    // Ghosts are created when an email person first speaks, not on lookup.
-    error(StatusCode::NOT_FOUND, "M_NOT_FOUND", "no such user")
+    // A ghost that stands for an email address exists as soon as someone asks (e.g. to invite it).
+    let reachable = st.namer.parse(&user).is_some_and(|(side, addr)| {
+        side == SideName::EMAIL.as_str() && crate::commands::is_email(&addr)
+    });
+    let client = st.media.as_ref().map(|m| &m.client);
+    match (
+        reachable,
+        client,
+        user.strip_prefix('@').and_then(|u| u.split_once(':')),
+    ) {
+        (true, Some(client), Some((local, _))) => match client.register(local).await {
+            Ok(()) => ok_empty(),
+            Err(e) => {
+                tracing::warn!(%user, error = %e, "Could not register a queried ghost.");
+                error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "M_UNKNOWN",
+                    "could not create the user",
+                )
+            }
+        },
+        _ => error(StatusCode::NOT_FOUND, "M_NOT_FOUND", "no such user"),
+    }
 }
 
 async fn query_alias(
