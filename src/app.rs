@@ -22,12 +22,15 @@ pub fn init_logging(level: &str) -> anyhow::Result<()> {
 /// Hooks for extra sides (tests and tools): each gets the router once the bridge is built.
 pub type ExtraSide = (Arc<dyn Side>, Box<dyn FnOnce(bridge_core::Router) + Send>);
 
-/// Runs the bridge until `shutdown` completes.
-pub async fn run(
-    v: Validated,
-    extra: Vec<ExtraSide>,
-    shutdown: impl Future<Output = ()>,
-) -> anyhow::Result<()> {
+/// The store and the sides as the config describes them, not started (no network I/O).
+struct Parts {
+    store: Store,
+    email_cfg: Arc<coi_side::EmailConfig>,
+    builder: bridge_core::BridgeBuilder,
+    matrix: Option<(matrix_side::MatrixSettings, Arc<MatrixSide>)>,
+}
+
+async fn parts(v: &Validated) -> anyhow::Result<Parts> {
     let store = Store::open(&v.config.database.url, v.config.database.max_connections)
         .await
         .with_context(|| format!("Cannot open the database {}", v.config.database.url))?;
@@ -47,6 +50,66 @@ pub async fn run(
         }
         None => None,
     };
+    Ok(Parts {
+        store,
+        email_cfg,
+        builder,
+        matrix,
+    })
+}
+
+/// Replays kept mail (`ids`, or every kept mail when `None`) through the inbound pipeline with
+/// this config, with the same sides as `run`, so what is placed now is queued for them (a running
+/// bridge picks the rows up within its 30 s outbox poll). Returns each entry's outcome.
+pub async fn replay_quarantine(
+    v: Validated,
+    ids: Option<Vec<i64>>,
+) -> anyhow::Result<Vec<(i64, String, Result<coi_side::Replayed, String>)>> {
+    let p = parts(&v).await?;
+    let bridge = p.builder.build();
+    let sink = coi_side::MailSink::new(p.email_cfg, bridge.router());
+    let ids = match ids {
+        Some(ids) => ids,
+        None => {
+            // One replay per kept mail (a mail kept for two reasons has two entries).
+            let mut seen = std::collections::BTreeSet::new();
+            let mut all = p.store.quarantine_list(i64::MAX).await?;
+            all.reverse();
+            all.into_iter()
+                .filter(|e| e.side == bridge_core::SideName::EMAIL.as_str() && e.raw_bytes > 0)
+                .filter(|e| seen.insert(e.remote_id.clone()))
+                .map(|e| e.id)
+                .collect()
+        }
+    };
+    let mut out = Vec::new();
+    for id in ids {
+        let remote = match p.store.quarantine_entry(id).await {
+            Ok((e, _)) => e.remote_id,
+            Err(e) => {
+                out.push((id, String::new(), Err(e.to_string())));
+                continue;
+            }
+        };
+        let r = sink.replay(id).await.map_err(|e| e.to_string());
+        out.push((id, remote, r));
+    }
+    p.store.close().await;
+    Ok(out)
+}
+
+/// Runs the bridge until `shutdown` completes.
+pub async fn run(
+    v: Validated,
+    extra: Vec<ExtraSide>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let Parts {
+        store: _,
+        email_cfg,
+        mut builder,
+        matrix,
+    } = parts(&v).await?;
     let mut hooks = Vec::new();
     for (side, hook) in extra {
         builder = builder.side(side);

@@ -40,7 +40,8 @@ enum Command {
         config: PathBuf,
     },
     /// List inputs kept in quarantine (mail that could not be parsed or placed), newest first;
-    /// with `--raw ID`, print that input's raw bytes.
+    /// with `--raw ID`, print that input's raw bytes; with `--replay ID` / `--replay-all`, run kept
+    /// mail through the bridge again with the current config (placed mail leaves the quarantine).
     Quarantine {
         /// Config file.
         #[arg(short, long, env = "COI_BRIDGE_CONFIG")]
@@ -51,6 +52,12 @@ enum Command {
         /// Print the raw input of this entry instead of the list.
         #[arg(long)]
         raw: Option<i64>,
+        /// Replay these entries (repeatable).
+        #[arg(long)]
+        replay: Vec<i64>,
+        /// Replay every kept mail.
+        #[arg(long, conflicts_with_all = ["replay", "raw"])]
+        replay_all: bool,
     },
     /// Print a fully commented example config.
     ExampleConfig,
@@ -79,9 +86,19 @@ fn main() -> std::process::ExitCode {
             .map(|_| println!("{}: OK", config.display()))
             .map_err(anyhow::Error::from),
         Command::GenerateRegistration { config, output } => generate_registration(&config, &output),
-        Command::Quarantine { config, limit, raw } => {
-            runtime().and_then(|rt| rt.block_on(quarantine(config, limit, raw)))
-        }
+        Command::Quarantine {
+            config,
+            limit,
+            raw,
+            replay,
+            replay_all,
+        } => runtime().and_then(|rt| {
+            if replay_all || !replay.is_empty() {
+                rt.block_on(replay_quarantine(config, (!replay_all).then_some(replay)))
+            } else {
+                rt.block_on(quarantine(config, limit, raw))
+            }
+        }),
         Command::Migrate { config } => runtime().and_then(|rt| rt.block_on(migrate(config))),
         Command::Run { config } => runtime().and_then(|rt| rt.block_on(run(config))),
     };
@@ -174,6 +191,34 @@ fn write_secret(path: &std::path::Path, value: &str) -> std::io::Result<()> {
     }
     let mut f = opts.open(path)?;
     writeln!(f, "{value}")
+}
+
+async fn replay_quarantine(path: PathBuf, ids: Option<Vec<i64>>) -> anyhow::Result<()> {
+    let v = Config::load(&path)?;
+    let results = coi_bridge::app::replay_quarantine(v, ids).await?;
+    if results.is_empty() {
+        println!("no kept mail to replay");
+    }
+    let mut failed = false;
+    for (id, remote, r) in results {
+        match r {
+            Ok(coi_side::Replayed::Placed) => println!("{id:>6}  placed     {remote}"),
+            Ok(coi_side::Replayed::StillKept(reasons)) => {
+                println!("{id:>6}  still kept {remote}");
+                for reason in reasons {
+                    println!("        reason: {reason}");
+                }
+            }
+            Err(e) => {
+                failed = true;
+                println!("{id:>6}  error      {remote}: {e}");
+            }
+        }
+    }
+    if failed {
+        anyhow::bail!("some entries could not be replayed");
+    }
+    Ok(())
 }
 
 async fn quarantine(path: PathBuf, limit: i64, raw: Option<i64>) -> anyhow::Result<()> {

@@ -280,3 +280,81 @@ async fn quarantine_lists_what_was_kept_and_prints_its_raw_bytes() {
         .expect("run");
     assert_eq!(out.stdout, b"From: x\r\n");
 }
+
+/// A mail kept because its sender may not open chats is placed by `--replay-all` once the config
+/// allows them; replaying again finds nothing to do.
+#[tokio::test]
+async fn quarantine_replay_places_kept_mail_after_a_config_change() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = example_with_secrets(dir.path());
+    let text = std::fs::read_to_string(&path).expect("config").replace(
+        "mail_domain = \"bridge.example.org\"",
+        "mail_domain = \"bridge.example.test\"",
+    );
+    std::fs::write(&path, &text).expect("write");
+    let raw = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("coi-side/testdata/deltachat-2.65/01-alice-group-text.eml"),
+    )
+    .expect("fixture");
+    let url = format!("sqlite://{}", dir.path().join("bridge.db").display());
+    let store = bridge_core::Store::open(&url, 1).await.expect("store");
+    store
+        .quarantine(
+            bridge_core::SideName::EMAIL,
+            "b58bd00b-3d8b-431b-8de4-a89f87d1d861@localhost",
+            "no chat matches and alice@example.test may not open one",
+            Some(&raw),
+        )
+        .await
+        .expect("keep");
+    store.close().await;
+    let replay = || {
+        bin()
+            .arg("quarantine")
+            .arg("-c")
+            .arg(&path)
+            .arg("--replay-all")
+            .output()
+            .expect("run")
+    };
+    // Still not allowed (example.org only): kept, with the reason of today's config.
+    let out = replay();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("still kept"), "{stdout}");
+    // Allowed now: placed, and the quarantine is empty.
+    std::fs::write(
+        &path,
+        text.replace(
+            "allow_new_chats_from = [\"example.org\"]",
+            "allow_new_chats_from = [\"example.test\"]",
+        ),
+    )
+    .expect("write");
+    let out = replay();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("placed"), "{stdout}");
+    let store = bridge_core::Store::open(&url, 1).await.expect("store");
+    assert!(store.quarantine_list(10).await.expect("list").is_empty());
+    let placed = store
+        .message_by_link(
+            bridge_core::SideName::EMAIL,
+            "b58bd00b-3d8b-431b-8de4-a89f87d1d861@localhost",
+        )
+        .await
+        .expect("lookup");
+    assert!(placed.is_some(), "the mail is in a chat now");
+    store.close().await;
+    let out = replay();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no kept mail to replay"));
+}

@@ -12,7 +12,7 @@ pub mod side;
 pub mod store;
 pub mod testing;
 
-pub use bridge::{Bridge, DrainStats, RetryPolicy};
+pub use bridge::{Bridge, BridgeBuilder, DrainStats, RetryPolicy};
 pub use ids::{ChatId, MessageId, OutboxId, PuppetId, SideName};
 pub use router::{IngestOutcome, Router, RouterError};
 pub use side::{Capabilities, ChatView, Delivered, MemberView, OutboxItem, Side, SideError};

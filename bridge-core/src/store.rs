@@ -384,6 +384,38 @@ impl Store {
         }
     }
 
+    /// One kept input with its raw bytes.
+    pub async fn quarantine_entry(&self, id: i64) -> Result<(QuarantineEntry, Option<Vec<u8>>)> {
+        let row = sqlx::query(
+            "SELECT id, side, remote_id, reason, COALESCE(LENGTH(raw), 0), created_at, raw FROM quarantine WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("quarantine entry {id}")))?;
+        Ok((
+            QuarantineEntry {
+                id: row.try_get(0)?,
+                side: row.try_get(1)?,
+                remote_id: row.try_get(2)?,
+                reason: row.try_get(3)?,
+                raw_bytes: row.try_get(4)?,
+                created_at: row.try_get(5)?,
+            },
+            row.try_get::<Option<Vec<u8>>, _>(6)?,
+        ))
+    }
+
+    /// Forgets every kept input of a remote id (it has been placed since); returns how many.
+    pub async fn quarantine_remove(&self, side: SideName, remote_id: &str) -> Result<u64> {
+        let r = sqlx::query("DELETE FROM quarantine WHERE side = $1 AND remote_id = $2")
+            .bind(side.as_str())
+            .bind(remote_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected())
+    }
+
     /// Reasons of kept inputs for a remote id.
     pub async fn quarantine_reasons(&self, side: SideName, remote_id: &str) -> Result<Vec<String>> {
         let rows = sqlx::query(

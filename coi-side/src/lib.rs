@@ -11,4 +11,4 @@ pub mod side;
 pub mod transport;
 
 pub use config::EmailConfig;
-pub use side::{EmailSide, MailSink, run_ingest};
+pub use side::{EmailSide, MailSink, Replayed, run_ingest};

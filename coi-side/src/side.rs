@@ -202,6 +202,59 @@ impl MailSink {
     }
 }
 
+/// What replaying a kept mail gave.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Replayed {
+    /// It is placed now (or was already); its quarantine entries are gone.
+    Placed,
+    /// Still kept, for these reasons.
+    StillKept(Vec<String>),
+}
+
+impl MailSink {
+    /// Runs a kept mail through the inbound pipeline again, with today's config and code (after
+    /// `allow_new_chats_from` was widened, say). When it is placed, its quarantine entries are
+    /// removed; otherwise they stay (a new reason is added, the same one is not repeated).
+    pub async fn replay(&self, id: i64) -> Result<Replayed, IngestError> {
+        let store = self.router.store();
+        let transient = |e: bridge_core::StoreError| IngestError::Transient(e.to_string());
+        let (entry, raw) = store.quarantine_entry(id).await.map_err(transient)?;
+        if entry.side != SideName::EMAIL.as_str() {
+            return Err(IngestError::Permanent(format!(
+                "entry {id} came from the {} side; only mail can be replayed",
+                entry.side
+            )));
+        }
+        let Some(raw) = raw else {
+            return Err(IngestError::Permanent(format!(
+                "entry {id} kept no raw mail"
+            )));
+        };
+        self.accept(InboundMail {
+            raw,
+            source: crate::transport::InboundSource::Replay { quarantine_id: id },
+        })
+        .await?;
+        let placed = store
+            .message_by_link(SideName::EMAIL, &entry.remote_id)
+            .await
+            .map_err(transient)?;
+        if placed.is_some() {
+            store
+                .quarantine_remove(SideName::EMAIL, &entry.remote_id)
+                .await
+                .map_err(transient)?;
+            tracing::info!(quarantine_id = id, message_id = %entry.remote_id, "Kept mail placed on replay.");
+            return Ok(Replayed::Placed);
+        }
+        let reasons = store
+            .quarantine_reasons(SideName::EMAIL, &entry.remote_id)
+            .await
+            .map_err(transient)?;
+        Ok(Replayed::StillKept(reasons))
+    }
+}
+
 /// A stable key for a mail that does not parse.
 fn raw_key(raw: &[u8]) -> String {
     format!("unparsable.{:016x}", fnv1a(raw))

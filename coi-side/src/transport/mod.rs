@@ -67,6 +67,11 @@ pub enum InboundSource {
         /// Envelope recipients (`RCPT TO`) that were accepted, in order.
         rcpt_to: Vec<String>,
     },
+    /// Taken from the quarantine again (`coi-bridge quarantine --replay`).
+    Replay {
+        /// The quarantine entry.
+        quarantine_id: i64,
+    },
 }
 
 /// Why a sink or checkpoint store did not take something.
