@@ -223,16 +223,22 @@ impl Router {
                             .find(|s| s.name == ev.side)
                             .is_some_and(|s| s.caps.multiple_reactions);
                         let held = tx.reactions_by(t, sender).await?;
-                        *replaces = held
-                            .iter()
-                            .filter(|(k, _)| key.is_empty() || (single && k != key))
-                            .map(|(_, m)| Relation {
-                                message_id: Some(*m),
-                                ..Relation::default()
-                            })
-                            .collect();
-                        if single {
-                            tx.set_reaction(t, sender, "", t).await?;
+                        let repeat = !key.is_empty() && held.iter().any(|(k, _)| k == key);
+                        if single && repeat {
+                            // The same reaction again (a second device): nothing changes.
+                            deliverable = false;
+                        } else {
+                            *replaces = held
+                                .iter()
+                                .filter(|(k, _)| key.is_empty() || (single && k != key))
+                                .map(|(_, m)| Relation {
+                                    message_id: Some(*m),
+                                    ..Relation::default()
+                                })
+                                .collect();
+                            if single {
+                                tx.set_reaction(t, sender, "", t).await?;
+                            }
                         }
                     }
                 }

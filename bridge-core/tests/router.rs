@@ -697,7 +697,12 @@ async fn reactions_replace_add_up_and_are_taken_back() {
         r.ingest(react("beta", "b1", &id("r2"), &beta_target, "❤️"))
             .await
             .unwrap();
+        // The same ❤️ again (another device): nothing to tell anyone.
+        r.ingest(react("beta", "b1", &id("r2b"), &beta_target, "❤️"))
+            .await
+            .unwrap();
         bridge.drain_once(SideName("alpha")).await.unwrap();
+        assert_eq!(alpha.delivered().len(), 2, "{}", b.name);
         let first = alpha.delivered()[0].message_uuid.clone();
         assert_eq!(reaction_at(&alpha, 0), ("👍".to_owned(), vec![]));
         assert_eq!(

@@ -108,17 +108,35 @@ impl Side for EmailSide {
             Ok(r) => r,
             Err(NotSent::Ignored(why)) => return Err(SideError::Ignored(why)),
         };
+        // Read receipts are best effort: one MDN that cannot be built or is refused must neither
+        // hold back the others nor tell the chat that "a message" failed.
+        let receipts = matches!(item.event, bridge_core::ir::EventKind::Receipt { .. });
         // Build everything before sending anything: a mail that cannot be built fails the item as a whole.
         let mut built = Vec::with_capacity(mails.len());
         for rendered in &mails {
-            let bytes = codec::build(&rendered.mail)
-                .map_err(|e| SideError::Permanent(format!("cannot build the mail: {e}")))?;
-            built.push((rendered, bytes));
+            match codec::build(&rendered.mail) {
+                Ok(bytes) => built.push((rendered, bytes)),
+                Err(e) if receipts => {
+                    tracing::warn!(message_id = %rendered.mail.message_id, error = %e, "Read receipt not built; skipped.");
+                }
+                Err(e) => {
+                    return Err(SideError::Permanent(format!("cannot build the mail: {e}")));
+                }
+            }
         }
         let mut out = Delivered::default();
         for (n, (rendered, bytes)) in built.into_iter().enumerate() {
             // A retry resends earlier mails of the item with the same Message-IDs; receivers dedupe them.
-            out.notices.extend(self.send(rendered, &bytes).await?);
+            let sent = match self.send(rendered, &bytes).await {
+                Err(SideError::Permanent(e)) if receipts => {
+                    tracing::warn!(message_id = %rendered.mail.message_id, error = %e, "Read receipt refused; skipped.");
+                    continue;
+                }
+                r => r?,
+            };
+            if !receipts {
+                out.notices.extend(sent);
+            }
             let part = if n == 0 {
                 String::new()
             } else {

@@ -307,10 +307,12 @@ impl MatrixClient {
         event_id(&v)
     }
 
-    /// Reads a state event's content as the bot; `Ok(None)` when the room has none.
+    /// Reads a state event's content as `user` (the bot when `None`); `Ok(None)` when the room
+    /// has none.
     pub async fn get_state(
         &self,
         room: &str,
+        user: Option<&str>,
         event_type: &str,
         state_key: &str,
     ) -> Result<Option<Value>, ClientError> {
@@ -320,7 +322,7 @@ impl MatrixClient {
             path_segment(event_type),
             path_segment(state_key)
         );
-        match self.call(Method::GET, &path, None, &[], None).await {
+        match self.call(Method::GET, &path, user, &[], None).await {
             Ok(v) => Ok(Some(v)),
             Err(e) if e.errcode() == Some("M_NOT_FOUND") => Ok(None),
             Err(e) => Err(e),
@@ -375,23 +377,32 @@ impl MatrixClient {
     /// Whether rooms this homeserver creates by default keep their creator out of the power
     /// levels' `users` (room version 12+); asked once through `/capabilities`.
     pub async fn creators_outside_users(&self) -> bool {
-        *self
+        let found = self
             .creators_outside_users
-            .get_or_init(|| async {
-                let v = self
-                    .call(Method::GET, "/_matrix/client/v3/capabilities", None, &[], None)
-                    .await;
-                match v {
-                    Ok(v) => v["capabilities"]["m.room_versions"]["default"]
+            .get_or_try_init(|| async {
+                self.call(
+                    Method::GET,
+                    "/_matrix/client/v3/capabilities",
+                    None,
+                    &[],
+                    None,
+                )
+                .await
+                .map(|v| {
+                    v["capabilities"]["m.room_versions"]["default"]
                         .as_str()
-                        .is_some_and(version_has_creators),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "Could not read the capabilities; assuming room version 10 rules.");
-                        false
-                    }
-                }
+                        .is_some_and(version_has_creators)
+                })
             })
-            .await
+            .await;
+        match found {
+            Ok(b) => *b,
+            Err(e) => {
+                // Not kept: the next room asks again.
+                tracing::warn!(error = %e, "Could not read the capabilities; assuming room version 10 rules this time.");
+                false
+            }
+        }
     }
 
     /// `GET /_matrix/client/v1/media/config`: the largest upload the homeserver takes, if it says.
@@ -459,20 +470,34 @@ impl MatrixClient {
             path_segment(server),
             path_segment(media_id)
         );
+        // Within the homeserver's patience for one transaction (Synapse waits about a minute).
         let mut resp = self
             .http
             .get(url)
             .bearer_auth(&self.as_token)
-            .timeout(Duration::from_secs(300))
+            .timeout(Duration::from_secs(45))
             .send()
             .await
             .map_err(|e| ClientError::Network(e.to_string()))?;
         if !resp.status().is_success() {
-            return Err(json_result(resp).await.err().unwrap_or(ClientError::Http {
-                status: 0,
-                errcode: String::new(),
-                error: "download failed".into(),
-            }));
+            // An error body is read up to 64 KiB, whatever the server sends.
+            let status = resp.status();
+            let headers = resp.headers().clone();
+            let mut body = Vec::new();
+            while let Ok(Some(chunk)) = resp.chunk().await {
+                body.extend_from_slice(&chunk);
+                if body.len() > 64 * 1024 {
+                    break;
+                }
+            }
+            let text = String::from_utf8_lossy(&body);
+            return Err(classify(status, &headers, &text)
+                .err()
+                .unwrap_or(ClientError::Http {
+                    status: status.as_u16(),
+                    errcode: String::new(),
+                    error: "download failed".into(),
+                }));
         }
         if resp.content_length().is_some_and(|n| n > max_bytes) {
             return Ok(Download::TooLarge);

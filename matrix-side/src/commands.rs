@@ -222,6 +222,21 @@ fn str_of<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
 }
 
 /// Runs the commands.
+/// An event that could not be handled yet; the transaction must be retried.
+#[derive(Debug, thiserror::Error)]
+#[error("retry later: {0}")]
+pub struct RetryLater(pub String);
+
+/// A homeserver error during a ghost invite: `Err` for transient ones (retried with the
+/// transaction), `Ok(false)` for the rest (logged; the invite is left alone).
+fn transient(e: &crate::client::ClientError, what: &str) -> Result<bool, RetryLater> {
+    if e.is_retryable() {
+        return Err(RetryLater(format!("{what}: {e}")));
+    }
+    tracing::warn!(error = %e, "Ghost invite given up: {what}.");
+    Ok(false)
+}
+
 #[derive(Debug)]
 pub struct Commands {
     client: MatrixClient,
@@ -247,17 +262,18 @@ impl Commands {
     }
 
     /// Looks at one transaction event. Returns `true` when the event was a command (or an
-    /// invite of the bot) and must not be bridged.
-    pub async fn handle(&self, ev: &Value) -> bool {
+    /// invite of the bot or of a ghost) and must not be bridged; [`RetryLater`] when it could not
+    /// be handled yet (the homeserver must send the transaction again).
+    pub async fn handle(&self, ev: &Value) -> Result<bool, RetryLater> {
         let (Some(kind), Some(room), Some(sender)) = (
             str_of(ev, "type"),
             str_of(ev, "room_id"),
             str_of(ev, "sender"),
         ) else {
-            return false;
+            return Ok(false);
         };
         if self.namer.is_ours(sender) {
-            return false;
+            return Ok(false);
         }
         let event_id = str_of(ev, "event_id").unwrap_or("");
         let bot = self.namer.bot_user_id();
@@ -270,7 +286,7 @@ impl Commands {
                 if self.first_time(event_id).await {
                     self.invited(ev, room, sender, event_id).await;
                 }
-                true
+                Ok(true)
             }
             "m.room.member"
                 if ev.pointer("/content/membership").and_then(Value::as_str) == Some("invite")
@@ -278,30 +294,32 @@ impl Commands {
                         .is_some_and(|u| u != bot && self.namer.is_ours(u)) =>
             {
                 let ghost = str_of(ev, "state_key").unwrap_or_default();
-                if self.first_time(event_id).await {
-                    self.ghost_invited(ev, room, sender, ghost, event_id).await;
+                // Marked done only once it worked: a failure is retried with the transaction.
+                if !self.done(event_id).await {
+                    self.ghost_invited(ev, room, sender, ghost).await?;
+                    self.mark_done(event_id).await;
                 }
-                true
+                Ok(true)
             }
             "m.room.encryption" => {
                 if self.first_time(event_id).await && self.cares_about(room).await {
                     self.say(room, event_id, E2EE_REFUSAL).await;
                 }
-                false
+                Ok(false)
             }
             "m.room.encrypted" => {
                 if self.first_time(event_id).await && self.is_mgmt(room).await {
                     self.say(room, event_id, E2EE_REFUSAL).await;
                 }
-                false
+                Ok(false)
             }
             "m.room.message" => {
                 let Some(body) = ev.pointer("/content/body").and_then(Value::as_str) else {
-                    return false;
+                    return Ok(false);
                 };
                 let mgmt = self.is_mgmt(room).await;
                 let Some(parsed) = parse(body, mgmt) else {
-                    return false;
+                    return Ok(false);
                 };
                 if self.first_time(event_id).await {
                     let answer = match parsed {
@@ -310,9 +328,28 @@ impl Commands {
                     };
                     self.say(room, event_id, &answer).await;
                 }
-                true
+                Ok(true)
             }
-            _ => false,
+            _ => Ok(false),
+        }
+    }
+
+    /// Whether the event was handled already.
+    async fn done(&self, event_id: &str) -> bool {
+        !event_id.is_empty()
+            && matches!(
+                self.router.store().kv_get(&cmd_key(event_id)).await,
+                Ok(Some(_))
+            )
+    }
+
+    /// Records that the event was handled.
+    async fn mark_done(&self, event_id: &str) {
+        if event_id.is_empty() {
+            return;
+        }
+        if let Err(e) = self.router.store().kv_set(&cmd_key(event_id), "1").await {
+            tracing::warn!(error = %e, "Could not record a handled event.");
         }
     }
 
@@ -373,7 +410,11 @@ impl Commands {
         if in_invite {
             return true;
         }
-        match self.client.get_state(room, "m.room.encryption", "").await {
+        match self
+            .client
+            .get_state(room, None, "m.room.encryption", "")
+            .await
+        {
             Ok(found) => found.is_some(),
             Err(e) => {
                 tracing::warn!(%room, error = %e, "Could not read the room's encryption state.");
@@ -384,64 +425,80 @@ impl Commands {
 
     /// A Matrix person invited a ghost: in a portal room the email person becomes a member (they
     /// get a "member added" mail); elsewhere (a DM with the ghost, a new room) the room becomes a
-    /// new chat with them. The ghost accepts; where it cannot bridge it says why and leaves.
+    /// new chat with them, and the ghost brings the bot in. Invites by people who may not add
+    /// email people, or of ghosts that are no email address, are left alone: no account is made
+    /// and no room joined for them. In an encrypted room the ghost says why it cannot stay.
     async fn ghost_invited(
         &self,
         ev: &Value,
         room: &str,
         sender: &str,
         ghost: &str,
-        event_id: &str,
-    ) {
+    ) -> Result<(), RetryLater> {
         let Some((side, addr)) = self.namer.parse(ghost) else {
-            return;
+            return Ok(());
         };
+        let addr = addr.to_ascii_lowercase();
+        if side != SideName::EMAIL.as_str() || !is_email(&addr) {
+            tracing::info!(%room, %ghost, %sender, "Invite of a ghost that is no email address ignored.");
+            return Ok(());
+        }
+        if self.permissions.level(sender) < Level::User {
+            tracing::info!(%room, %ghost, %sender, "Ghost invite by someone who may not add email people ignored.");
+            return Ok(());
+        }
         let local = ghost
             .strip_prefix('@')
             .and_then(|u| u.split_once(':'))
             .map_or(ghost, |(l, _)| l);
-        if let Err(e) = self.client.register(local).await {
-            tracing::warn!(%ghost, error = %e, "Could not register an invited ghost.");
-            return;
+        if let Err(e) = self.client.register(local).await
+            && !transient(&e, "register the ghost")?
+        {
+            return Ok(());
         }
-        if let Err(e) = self.client.join(room, ghost).await {
-            tracing::warn!(%room, %ghost, error = %e, "An invited ghost could not join.");
-            return;
+        if let Err(e) = self.client.join(room, ghost).await
+            && !transient(&e, "join the ghost")?
+        {
+            return Ok(());
         }
-        let refuse = |why: String| async move {
-            tracing::info!(%room, %ghost, %sender, reason = %why, "Ghost invite refused.");
-            let txn = txn_id(&format!("ghost-invite.{event_id}"), "", ghost);
-            let content = json!({"msgtype": "m.notice", "body": why});
+        let in_invite = ev
+            .pointer("/unsigned/invite_room_state")
+            .and_then(Value::as_array)
+            .is_some_and(|a| {
+                a.iter()
+                    .any(|e| str_of(e, "type") == Some("m.room.encryption"))
+            });
+        // What the invite does not show, the joined ghost reads; unreadable counts as encrypted.
+        let encrypted = in_invite
+            || match self
+                .client
+                .get_state(room, Some(ghost), "m.room.encryption", "")
+                .await
+            {
+                Ok(found) => found.is_some(),
+                Err(e) => !transient(&e, "read the room's encryption state")?,
+            };
+        if encrypted {
+            tracing::info!(%room, %ghost, %sender, "Ghost invited to an encrypted room; it explains and leaves.");
+            let txn = txn_id(&format!("ghost-invite.{room}"), "", ghost);
+            let content = json!({"msgtype": "m.notice", "body": E2EE_REFUSAL});
             let _ = self
                 .client
                 .send(room, Some(ghost), "m.room.message", &txn, &content, None)
                 .await;
             let _ = self.client.leave(room, ghost).await;
-        };
-        if side != SideName::EMAIL.as_str() || !is_email(&addr) {
-            return refuse(format!(
-                "{ghost} is not an email address this bridge can reach."
-            ))
-            .await;
-        }
-        if self.permissions.level(sender) < Level::User {
-            return refuse(format!(
-                "You may not add email people through this bridge (ask its admin); {addr} was not added."
-            ))
-            .await;
-        }
-        if self
-            .encrypted(room, ev.pointer("/unsigned/invite_room_state"))
-            .await
-        {
-            return refuse(E2EE_REFUSAL.to_owned()).await;
+            return Ok(());
         }
         let store = self.router.store();
-        let chat = match store.chat_by_link(SideName::MATRIX, room).await {
-            Ok(Some(chat)) => chat,
-            Ok(None) => {
-                // A new chat for this room, named like the room (or after the two people).
-                // The invite carries the room's stripped state (the bot is not in this room).
+        let chat = match store
+            .chat_by_link(SideName::MATRIX, room)
+            .await
+            .map_err(|e| RetryLater(e.to_string()))?
+        {
+            Some(chat) => chat,
+            None => {
+                // A new chat for this room, named like the room (the invite carries its stripped
+                // state), or after the two people.
                 let name = ev
                     .pointer("/unsigned/invite_room_state")
                     .and_then(Value::as_array)
@@ -452,42 +509,41 @@ impl Commands {
                     .trim()
                     .to_owned();
                 let name = if name.is_empty() {
-                    format!(
-                        "{} & {addr}",
-                        sender
-                            .trim_start_matches('@')
-                            .split(':')
-                            .next()
-                            .unwrap_or(sender)
-                    )
+                    let who = sender
+                        .trim_start_matches('@')
+                        .split(':')
+                        .next()
+                        .unwrap_or(sender);
+                    format!("{who} & {addr}")
                 } else {
                     name
                 };
                 let me = UserRef::new(SideName::MATRIX, sender, None);
-                match self
+                let chat = self
                     .router
                     .create_chat(&name, "", Some((SideName::MATRIX, room)), &[me])
                     .await
-                {
-                    Ok(c) => c,
-                    Err(e) => return refuse(format!("Could not open a chat: {e}")).await,
+                    .map_err(|e| RetryLater(e.to_string()))?;
+                // The bot comes along, so it can invite further ghosts and post notices here.
+                let bot = self.namer.bot_user_id();
+                if let Err(e) = self.client.invite(room, Some(ghost), &bot).await {
+                    tracing::warn!(%room, error = %e, "The ghost could not invite the bot.");
+                } else if let Err(e) = self.client.join(room, &bot).await {
+                    tracing::warn!(%room, error = %e, "The bot could not join a room opened by a ghost invite.");
                 }
-            }
-            Err(e) => {
-                tracing::warn!(%room, error = %e, "Store error on a ghost invite.");
-                return;
+                chat
             }
         };
-        match self
-            .add_email(chat, room, sender, &addr, &format!("{event_id}#ghost"))
+        let remote = ev.get("event_id").and_then(Value::as_str).map_or_else(
+            || format!("ghost-invite.{room}.{ghost}"),
+            |id| format!("{id}#ghost"),
+        );
+        self.add_email(chat, room, sender, &addr, &remote)
             .await
-        {
-            Ok(_) => {
-                tracing::info!(%room, %ghost, %sender, "Email person added by inviting their ghost.");
-                self.router.wake(SideName::MATRIX);
-            }
-            Err(e) => refuse(format!("{addr} was not added: {e}")).await,
-        }
+            .map_err(RetryLater)?;
+        tracing::info!(%room, %ghost, %sender, "Email person added by inviting their ghost.");
+        self.router.wake(SideName::MATRIX);
+        Ok(())
     }
 
     async fn invited(&self, ev: &Value, room: &str, sender: &str, event_id: &str) {
@@ -946,7 +1002,7 @@ mod tests {
         };
         let dm = "!dm:matrix.test";
         // The invite: the bot joins, remembers the management room and greets.
-        assert!(c.handle(&invite("$i1", dm)).await);
+        assert!(c.handle(&invite("$i1", dm)).await.unwrap());
         let store = tb.router().store().clone();
         assert_eq!(
             store
@@ -965,10 +1021,12 @@ mod tests {
         assert!(
             c.handle(&text("$h", dm, "@alice:matrix.test", "help"))
                 .await
+                .unwrap()
         );
         assert!(
             c.handle(&text("$h", dm, "@alice:matrix.test", "help"))
                 .await
+                .unwrap()
         );
         assert_eq!(answers(&hs).len(), 2);
         assert!(answers(&hs)[1].1.starts_with("coi-bridge commands"));
@@ -981,6 +1039,7 @@ mod tests {
                 "hi"
             ))
             .await
+            .unwrap()
         );
         // create: a chat, a portal room inviting alice, a member-added event for email.
         assert!(
@@ -991,6 +1050,7 @@ mod tests {
                 "create Lunch bob@example.test"
             ))
             .await
+            .unwrap()
         );
         let last = answers(&hs).last().unwrap().1.clone();
         assert!(last.contains("Created chat \"Lunch\""), "{last}");
@@ -1015,7 +1075,8 @@ mod tests {
         // members / invite in the portal room.
         let portal = "!portal:matrix.test";
         c.handle(&text("$m", portal, "@alice:matrix.test", "!coi members"))
-            .await;
+            .await
+            .unwrap();
         let last = answers(&hs).last().unwrap().1.clone();
         assert!(
             last.contains("bob@example.test (email)")
@@ -1028,7 +1089,8 @@ mod tests {
             "@alice:matrix.test",
             "!coi invite carol@example.test",
         ))
-        .await;
+        .await
+        .unwrap();
         assert!(
             answers(&hs)
                 .last()
@@ -1047,33 +1109,38 @@ mod tests {
             "@eve:elsewhere.test",
             "!coi invite x@y.org",
         ))
-        .await;
+        .await
+        .unwrap();
         assert!(answers(&hs).last().unwrap().1.contains("may not"));
         // unlink, then link again by name.
         c.handle(&text("$u", portal, "@alice:matrix.test", "!coi unlink"))
-            .await;
+            .await
+            .unwrap();
         assert_eq!(
             store.chat_by_link(SideName::MATRIX, portal).await.unwrap(),
             None
         );
         c.handle(&text("$l", portal, "@alice:matrix.test", "!coi link Lunch"))
-            .await;
+            .await
+            .unwrap();
         assert_eq!(
             store.chat_by_link(SideName::MATRIX, portal).await.unwrap(),
             Some(chat)
         );
         // Encrypted: a DM and a room to be linked get the refusal; nothing is linked.
-        c.handle(&invite("$i2", "!enc1:matrix.test")).await;
+        c.handle(&invite("$i2", "!enc1:matrix.test")).await.unwrap();
         assert!(answers(&hs).last().unwrap().1.contains("not supported yet"));
         c.handle(&text("$u2", portal, "@alice:matrix.test", "!coi unlink"))
-            .await;
+            .await
+            .unwrap();
         c.handle(&text(
             "$l2",
             "!enc2:matrix.test",
             "@alice:matrix.test",
             "!coi link Lunch",
         ))
-        .await;
+        .await
+        .unwrap();
         let last = answers(&hs).last().unwrap().clone();
         assert!(
             last.0.contains("enc2") && last.1.contains("not supported yet"),

@@ -186,7 +186,7 @@ pub fn safe_filename(name: &str) -> String {
     let last = name.rsplit(['/', '\\']).next().unwrap_or("");
     let clean: String = last
         .chars()
-        .filter(|c| !c.is_control())
+        .filter(|c| !c.is_control() && !is_format_char(*c))
         .collect::<String>()
         .trim()
         .trim_start_matches('.')
@@ -221,6 +221,14 @@ fn with_extension(name: String, mime: &str) -> String {
         _ => return name,
     };
     format!("{name}.{ext}")
+}
+
+/// Invisible format characters (Unicode Cf) that can disguise a file name, e.g. the bidi override
+/// in `invoice\u{202e}fdp.exe`.
+fn is_format_char(c: char) -> bool {
+    matches!(c,
+        '\u{00ad}' | '\u{061c}' | '\u{180e}' | '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}'
+        | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206f}' | '\u{feff}' | '\u{fff9}'..='\u{fffb}')
 }
 
 /// The `mxc://` URI of a media message (`m.image`, `m.file`, `m.audio`, `m.video`, `m.sticker`).
@@ -687,6 +695,7 @@ mod tests {
         assert_eq!(safe_filename(" \u{7}..hidden"), "hidden");
         assert_eq!(safe_filename("a/b\\c.txt"), "c.txt");
         assert_eq!(safe_filename(""), "file");
+        assert_eq!(safe_filename("invoice\u{202e}fdp.exe"), "invoicefdp.exe");
     }
 
     #[test]

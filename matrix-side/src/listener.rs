@@ -317,8 +317,17 @@ async fn transaction(
     let mut consumed = Vec::new();
     if let Some(c) = &st.commands {
         for ev in &txn.events {
-            if c.handle(ev).await {
-                consumed.extend(str_of(ev, "event_id"));
+            match c.handle(ev).await {
+                Ok(true) => consumed.extend(str_of(ev, "event_id")),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(%txn_id, error = %e, "An event could not be handled yet; the homeserver will retry.");
+                    return error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "M_UNKNOWN",
+                        "try again later",
+                    );
+                }
             }
         }
     }
@@ -450,7 +459,8 @@ fn data_is_empty(part: &Part) -> bool {
     matches!(part, Part::Attachment { data, .. } if data.is_empty())
 }
 
-/// A download, retried twice on errors that may pass (network, 5xx, 429).
+/// A download, retried once on errors that may pass (network, 5xx, 429); both attempts fit in
+/// the homeserver's patience for one transaction.
 async fn download_with_retries(
     client: &MatrixClient,
     url: &str,
@@ -460,7 +470,7 @@ async fn download_with_retries(
     let mut attempt = 0;
     loop {
         match client.download(url, max_bytes).await {
-            Err(e) if e.is_retryable() && attempt < 2 => {
+            Err(e) if e.is_retryable() && attempt < 1 => {
                 attempt += 1;
                 tracing::info!(%url, error = %e, "Media download failed; retrying.");
                 tokio::time::sleep(delay).await;

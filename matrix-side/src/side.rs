@@ -133,19 +133,23 @@ impl MatrixSide {
 
     /// The largest upload the homeserver takes (asked once; 50 MiB when it does not say).
     async fn upload_limit(&self) -> u64 {
-        *self
+        let found = self
             .upload_limit
-            .get_or_init(|| async {
-                match self.client.media_upload_limit().await {
-                    Ok(Some(n)) => n,
-                    Ok(None) => DEFAULT_UPLOAD_LIMIT,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "Could not read the media config; assuming 50 MiB.");
-                        DEFAULT_UPLOAD_LIMIT
-                    }
-                }
+            .get_or_try_init(|| async {
+                self.client
+                    .media_upload_limit()
+                    .await
+                    .map(|n| n.unwrap_or(DEFAULT_UPLOAD_LIMIT))
             })
-            .await
+            .await;
+        match found {
+            Ok(n) => *n,
+            Err(e) => {
+                // Not kept: the next file asks again.
+                tracing::warn!(error = %e, "Could not read the media config; assuming 50 MiB this time.");
+                DEFAULT_UPLOAD_LIMIT
+            }
+        }
     }
 
     /// Uploads an attachment as the sender (once per outbox event and part) and sends it; a file
@@ -495,7 +499,7 @@ impl Side for MatrixSide {
                         "reaction target is not on Matrix".into(),
                     ));
                 };
-                let id = self
+                let id = match self
                     .send(
                         &room,
                         actor,
@@ -504,7 +508,16 @@ impl Side for MatrixSide {
                         "m.reaction",
                         &reaction_content(t, key),
                     )
-                    .await?;
+                    .await
+                {
+                    // Synapse refuses a second identical annotation by the same user.
+                    Err(SideError::Permanent(m)) if m.contains("M_DUPLICATE_ANNOTATION") => {
+                        return Err(SideError::Ignored(
+                            "the same reaction is already there".into(),
+                        ));
+                    }
+                    r => r?,
+                };
                 out.links.push((String::new(), id));
             }
             EventKind::Membership { subject, change } => {
