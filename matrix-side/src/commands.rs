@@ -972,6 +972,110 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn ghost_invites_are_checked_before_anything_is_made() {
+        let hs = Arc::new(FakeHs::default());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let app = axum::Router::new()
+            .fallback(handle_hs)
+            .with_state(hs.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let tb = TestBridge::new(&["email"]).await.unwrap();
+        let perms = Permissions::parse("matrix.test", &BTreeMap::new()).unwrap();
+        let c = Commands::new(
+            MatrixClient::new(&base, "as").unwrap(),
+            namer(),
+            tb.router(),
+            perms,
+        );
+        let ghost_invite = |id: &str, room: &str, sender: &str, ghost: &str| {
+            json!({"type": "m.room.member", "event_id": id, "room_id": room, "sender": sender,
+                   "state_key": ghost, "content": {"membership": "invite"}})
+        };
+        let ghost = "@_coi_bob=40example.org:matrix.test";
+        // A remote user (no permission) and a ghost that is no address: consumed, nothing made.
+        assert!(
+            c.handle(&ghost_invite(
+                "$r",
+                "!big:evil.test",
+                "@mallory:evil.test",
+                ghost
+            ))
+            .await
+            .unwrap()
+        );
+        assert!(
+            c.handle(&ghost_invite(
+                "$n",
+                "!x:matrix.test",
+                "@alice:matrix.test",
+                "@_coi_notanaddress:matrix.test"
+            ))
+            .await
+            .unwrap()
+        );
+        assert!(
+            hs.calls.lock().unwrap().is_empty(),
+            "no account, no join: {:?}",
+            hs.calls.lock().unwrap()
+        );
+        // Alice may: the ghost is made and joins, the room becomes a chat with bob, the bot comes.
+        assert!(
+            c.handle(&ghost_invite(
+                "$ok",
+                "!dm:matrix.test",
+                "@alice:matrix.test",
+                ghost
+            ))
+            .await
+            .unwrap()
+        );
+        let calls: Vec<String> = hs
+            .calls
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|c| c.1.clone())
+            .collect();
+        assert!(calls.iter().any(|p| p.ends_with("/register")), "{calls:?}");
+        assert!(
+            calls.iter().any(|p| p.ends_with("/invite")),
+            "the ghost invites the bot: {calls:?}"
+        );
+        let chat = tb
+            .bridge
+            .store()
+            .chat_by_link(SideName::MATRIX, "!dm:matrix.test")
+            .await
+            .unwrap()
+            .expect("a chat for the room");
+        let members = tb
+            .bridge
+            .store()
+            .members(chat, SideName::MATRIX)
+            .await
+            .unwrap();
+        assert!(
+            members
+                .iter()
+                .any(|m| m.native_id == "bob@example.org" && m.joined)
+        );
+        // Handled once: the same event again does nothing more.
+        let n = hs.calls.lock().unwrap().len();
+        assert!(
+            c.handle(&ghost_invite(
+                "$ok",
+                "!dm:matrix.test",
+                "@alice:matrix.test",
+                ghost
+            ))
+            .await
+            .unwrap()
+        );
+        assert_eq!(hs.calls.lock().unwrap().len(), n);
+    }
+
+    #[tokio::test]
     async fn management_room_commands_and_encryption() {
         let hs = Arc::new(FakeHs::default());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
