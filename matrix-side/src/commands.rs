@@ -13,7 +13,8 @@ use crate::ids::GhostNamer;
 use bridge_core::ir::{ChatLocator, EventKind, MembershipChange, RemoteEvent, UserRef};
 use bridge_core::{ChatId, IngestOutcome, Router, SideName};
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::Instant;
 
 /// What a Matrix user may do with the bot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -46,7 +47,13 @@ impl Level {
 pub struct Permissions {
     server_name: String,
     rules: BTreeMap<String, Level>,
+    /// How many email people one Matrix user (below admin) may add per hour (`create`, `invite`,
+    /// ghost invites): each one gets a mail from this bridge's domain.
+    pub email_adds_per_hour: u32,
 }
+
+/// Default of [`Permissions::email_adds_per_hour`].
+pub const DEFAULT_EMAIL_ADDS_PER_HOUR: u32 = 30;
 
 impl Permissions {
     /// Parses the config map.
@@ -61,6 +68,7 @@ impl Permissions {
         Ok(Self {
             server_name: server_name.to_owned(),
             rules,
+            email_adds_per_hour: DEFAULT_EMAIL_ADDS_PER_HOUR,
         })
     }
 
@@ -243,6 +251,8 @@ pub struct Commands {
     namer: GhostNamer,
     router: Router,
     permissions: Permissions,
+    /// When each Matrix user added email people, for the hourly limit (kept in memory).
+    email_adds: std::sync::Mutex<HashMap<String, VecDeque<Instant>>>,
 }
 
 impl Commands {
@@ -258,7 +268,35 @@ impl Commands {
             namer,
             router,
             permissions,
+            email_adds: std::sync::Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Takes `n` of `sender`'s hourly allowance for adding email people, or says why not.
+    fn take_email_adds(&self, sender: &str, n: usize) -> Result<(), String> {
+        if self.permissions.level(sender) >= Level::Admin || n == 0 {
+            return Ok(());
+        }
+        let limit = self.permissions.email_adds_per_hour as usize;
+        let now = Instant::now();
+        let hour = std::time::Duration::from_secs(3600);
+        let mut all = self
+            .email_adds
+            .lock()
+            .map_err(|_| "the limit bookkeeping failed; try again".to_owned())?;
+        let mine = all.entry(sender.to_owned()).or_default();
+        while mine.front().is_some_and(|t| now.duration_since(*t) >= hour) {
+            mine.pop_front();
+        }
+        if mine.len() + n > limit {
+            return Err(format!(
+                "you have added {} email people in the last hour; the limit is {limit} \
+                 (matrix.email_adds_per_hour), so try again later",
+                mine.len()
+            ));
+        }
+        mine.extend(std::iter::repeat_n(now, n));
+        Ok(())
     }
 
     /// Looks at one transaction event. Returns `true` when the event was a command (or an
@@ -469,6 +507,18 @@ impl Commands {
                     .any(|e| str_of(e, "type") == Some("m.room.encryption"))
             });
         // What the invite does not show, the joined ghost reads; unreadable counts as encrypted.
+        if let Err(why) = self.take_email_adds(sender, 1) {
+            tracing::info!(%room, %ghost, %sender, "Ghost invite over the hourly limit.");
+            let txn = txn_id(&format!("ghost-limit.{room}"), "", ghost);
+            let content =
+                json!({"msgtype": "m.notice", "body": format!("{addr} was not added: {why}.")});
+            let _ = self
+                .client
+                .send(room, Some(ghost), "m.room.message", &txn, &content, None)
+                .await;
+            let _ = self.client.leave(room, ghost).await;
+            return Ok(());
+        }
         let encrypted = in_invite
             || match self
                 .client
@@ -659,6 +709,7 @@ impl Commands {
         emails: &[String],
         event_id: &str,
     ) -> Result<String, String> {
+        self.take_email_adds(sender, emails.len())?;
         let me = UserRef::new(SideName::MATRIX, sender, None);
         let chat = self
             .router
@@ -755,6 +806,7 @@ impl Commands {
         {
             return Ok(format!("{email} is already a member."));
         }
+        self.take_email_adds(sender, 1)?;
         self.add_email(chat, room, sender, email, &format!("{event_id}#invite"))
             .await?;
         Ok(format!(
@@ -969,6 +1021,46 @@ mod tests {
     fn text(id: &str, room: &str, sender: &str, body: &str) -> Value {
         json!({"type": "m.room.message", "event_id": id, "room_id": room, "sender": sender,
                "content": {"msgtype": "m.text", "body": body}})
+    }
+
+    #[tokio::test]
+    async fn adding_email_people_is_limited_per_user_and_hour() {
+        let tb = TestBridge::new(&["email"]).await.unwrap();
+        let mut perms = Permissions::parse(
+            "matrix.test",
+            &BTreeMap::from([("@root:matrix.test".to_owned(), "admin".to_owned())]),
+        )
+        .unwrap();
+        perms.email_adds_per_hour = 2;
+        let c = Commands::new(
+            MatrixClient::new("http://127.0.0.1:1", "as").unwrap(),
+            namer(),
+            tb.router(),
+            perms,
+        );
+        assert!(c.take_email_adds("@alice:matrix.test", 2).is_ok());
+        let err = c.take_email_adds("@alice:matrix.test", 1).unwrap_err();
+        assert!(
+            err.contains("limit is 2") && err.contains("email_adds_per_hour"),
+            "{err}"
+        );
+        assert!(c.take_email_adds("@bob:matrix.test", 1).is_ok(), "per user");
+        assert!(
+            c.take_email_adds("@root:matrix.test", 50).is_ok(),
+            "admins are not limited"
+        );
+        // `create` with more addresses than allowed opens nothing.
+        let answer = c
+            .create(
+                "@carol:matrix.test",
+                "Big",
+                &["a@x.org".into(), "b@x.org".into(), "c@x.org".into()],
+                "$c",
+            )
+            .await
+            .unwrap_err();
+        assert!(answer.contains("limit"), "{answer}");
+        assert!(tb.bridge.store().chats().await.unwrap().is_empty());
     }
 
     #[tokio::test]

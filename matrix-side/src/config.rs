@@ -53,6 +53,13 @@ pub struct MatrixConfig {
     /// Display name of ghosts: `{name}` (the person's name, else their address), `{address}`, `{side}`.
     #[serde(default = "default_displayname_template")]
     pub displayname_template: String,
+    /// How many email people one Matrix user (below admin) may add per hour.
+    #[serde(default = "default_email_adds_per_hour")]
+    pub email_adds_per_hour: u32,
+}
+
+fn default_email_adds_per_hour() -> u32 {
+    crate::commands::DEFAULT_EMAIL_ADDS_PER_HOUR
 }
 
 fn default_displayname_template() -> String {
@@ -174,8 +181,15 @@ impl MatrixConfig {
                 "must contain {name} or {address}, e.g. \"{name} ({side})\"",
             ));
         }
-        let permissions = Permissions::parse(&self.server_name, &self.permissions)
+        let mut permissions = Permissions::parse(&self.server_name, &self.permissions)
             .map_err(|e| ConfigError::invalid("matrix.permissions", e))?;
+        if self.email_adds_per_hour == 0 {
+            return Err(ConfigError::invalid(
+                "matrix.email_adds_per_hour",
+                "must be at least 1 (restrict who may add email people with [matrix.permissions])",
+            ));
+        }
+        permissions.email_adds_per_hour = self.email_adds_per_hour;
         Ok(MatrixSettings {
             permissions,
             homeserver_url: url.to_owned(),
@@ -214,6 +228,7 @@ impl MatrixConfig {
             permissions: BTreeMap::new(),
             max_file_bytes: default_max_file_bytes(),
             displayname_template: default_displayname_template(),
+            email_adds_per_hour: default_email_adds_per_hour(),
         }
     }
 }
