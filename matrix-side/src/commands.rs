@@ -696,9 +696,27 @@ impl Commands {
             Ok(None) => "not bridged".to_owned(),
             Err(e) => return Err(format!("store: {e}")),
         };
+        // What waits or failed, per side, and what is kept: an operator's first questions.
+        let mut queues = Vec::new();
+        for side in [SideName::EMAIL, SideName::MATRIX] {
+            let pending = store
+                .outbox_count(side, "pending")
+                .await
+                .map_err(|e| format!("store: {e}"))?;
+            let failed = store
+                .outbox_count(side, "failed")
+                .await
+                .map_err(|e| format!("store: {e}"))?;
+            queues.push(format!("{side}: {pending} waiting, {failed} failed"));
+        }
+        let kept = store
+            .quarantine_count(SideName::EMAIL)
+            .await
+            .map_err(|e| format!("store: {e}"))?;
         Ok(format!(
-            "Homeserver: {hs}\nChats: {}\nThis room: {here}",
-            chats.len()
+            "Homeserver: {hs}\nChats: {}\nThis room: {here}\nOutbox: {}\nMail kept in quarantine: {kept} (`coi-bridge quarantine` lists it)",
+            chats.len(),
+            queues.join("; ")
         ))
     }
 
@@ -1226,6 +1244,19 @@ mod tests {
         );
         assert_eq!(answers(&hs).len(), 2);
         assert!(answers(&hs)[1].1.starts_with("coi-bridge commands"));
+        // `status` tells an operator what waits, what failed and what is kept.
+        assert!(
+            c.handle(&text("$s", dm, "@alice:matrix.test", "status"))
+                .await
+                .unwrap()
+        );
+        let status = answers(&hs)[2].1.clone();
+        assert!(
+            status.contains("Outbox: email: 0 waiting, 0 failed; matrix: 0 waiting, 0 failed")
+                && status.contains("Mail kept in quarantine: 0")
+                && status.contains("your management room"),
+            "{status}"
+        );
         // Ordinary talk elsewhere is not a command.
         assert!(
             !c.handle(&text(
