@@ -470,12 +470,13 @@ impl MatrixClient {
             path_segment(server),
             path_segment(media_id)
         );
-        // Within the homeserver's patience for one transaction (Synapse waits about a minute).
+        // Two attempts fit the homeserver's patience for one transaction (Synapse gives up on a
+        // transaction after 60 s and sends it again).
         let mut resp = self
             .http
             .get(url)
             .bearer_auth(&self.as_token)
-            .timeout(Duration::from_secs(45))
+            .timeout(Duration::from_secs(25))
             .send()
             .await
             .map_err(|e| ClientError::Network(e.to_string()))?;
