@@ -74,6 +74,11 @@ pub struct EmailConfig {
     /// The catch-all mailbox.
     #[serde(default = "default_mailbox")]
     pub imap_mailbox: String,
+    /// On the first start on a mailbox (no checkpoint yet), also read the mail already in it.
+    /// Off by default, as in Delta Chat: a bridge pointed at a mailbox with history does not
+    /// replay all of it into Matrix.
+    #[serde(default)]
+    pub imap_fetch_existing: bool,
     /// LMTP listen address, e.g. `127.0.0.1:2424`.
     #[serde(default = "default_lmtp_listen")]
     pub lmtp_listen: String,

@@ -437,6 +437,7 @@ pub async fn run_ingest(
         );
         icfg.accept_invalid_certs = cfg.accept_invalid_certs;
         icfg.mailbox = cfg.imap_mailbox.clone();
+        icfg.fetch_existing = cfg.imap_fetch_existing;
         let checkpoints: Arc<dyn CheckpointStore> = Arc::new(StoreCheckpoints::new(
             router.store().clone(),
             &cfg.imap_user,

@@ -983,3 +983,63 @@ async fn imap_ingest_reidles_and_keeps_receiving() -> TestResult {
     assert_eq!(sink.ours(&tag).len(), 2, "each mail once");
     Ok(())
 }
+
+/// First start on a mailbox (no checkpoint) with `fetch_existing = false`: the mail already there
+/// is left alone, the checkpoint is set to the mailbox's top at once, and new mail flows.
+#[tokio::test]
+async fn imap_first_start_can_begin_with_new_mail() -> TestResult {
+    let Some(s) = imap_stack() else { return Ok(()) };
+    let _lock = lock_mailbox().await?;
+    let tag = run_id();
+    let smtp = port25(&s)?;
+    // A mail that is there before the bridge ever ran.
+    let before = bridge_inbox_top(&s).await?;
+    let (old_id, _) = send_puppet(&s, &smtp, &tag, 0).await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let top = loop {
+        let top = bridge_inbox_top(&s).await?;
+        if top.last_uid > before.last_uid {
+            break top;
+        }
+        if Instant::now() > deadline {
+            return Err("the first mail did not reach the mailbox".into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let store = Arc::new(MemCheckpoints::default());
+    let sink = RecordingSink::new(store.clone());
+    let mut cfg = ingest_config(&s, Security::StartTls);
+    cfg.fetch_existing = false;
+    let ingest = Ingest::start(cfg, sink.clone(), store.clone());
+    // The session is up once it has written its first checkpoint.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store.saves().is_empty() {
+        if Instant::now() > deadline {
+            return Err("no checkpoint written at start".into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (new_id, _) = send_puppet(&s, &smtp, &tag, 1).await?;
+    sink.wait_for("the new mail", Duration::from_secs(15), |r| {
+        r.iter().any(|x| x.message_id == new_id)
+    })
+    .await?;
+    ingest.stop().await?;
+    let ours = sink.ours(&tag);
+    assert_eq!(
+        ours.len(),
+        1,
+        "only the new mail: {:?}",
+        ours.iter().map(|r| &r.message_id).collect::<Vec<_>>()
+    );
+    assert!(ours.iter().all(|r| r.message_id != old_id));
+    assert!(
+        store
+            .saves()
+            .first()
+            .is_some_and(|cp| cp.last_uid >= top.last_uid),
+        "the first checkpoint is the top of the mailbox at start: {:?}",
+        store.saves()
+    );
+    Ok(())
+}

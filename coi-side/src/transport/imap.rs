@@ -65,6 +65,9 @@ pub struct ImapConfig {
     pub batch_max_bytes: u64,
     /// Poll interval for servers without IDLE (default 60 s).
     pub poll_interval: Duration,
+    /// With no checkpoint yet (the first start on a mailbox): read the mail already there (`true`,
+    /// the default here) or start with the next new mail (`false`, as Delta Chat does by default).
+    pub fetch_existing: bool,
 }
 
 impl ImapConfig {
@@ -92,6 +95,7 @@ impl ImapConfig {
             batch_size: 50,
             batch_max_bytes: 16 * 1024 * 1024,
             poll_interval: Duration::from_secs(60),
+            fetch_existing: true,
         }
     }
 }
@@ -291,6 +295,14 @@ where
     }
 }
 
+/// What SELECT told about the mailbox.
+#[derive(Clone, Copy, Debug)]
+struct Selected {
+    uidvalidity: u32,
+    uid_next: Option<u32>,
+    exists: u32,
+}
+
 /// One mail listed above the checkpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Listed {
@@ -333,12 +345,13 @@ impl SessionCtx<'_> {
             r = tokio::time::timeout(cfg.connect_timeout, self.establish()) => r,
             () = shutdown.wait() => return Ok(()),
         };
-        let (mut session, uidvalidity, has_idle) = match established {
+        let (mut session, selected, has_idle) = match established {
             Ok(r) => r?,
             Err(_) => return Err(ImapError::Timeout("connect, login and select")),
         };
 
-        let mut last = self.start_uid(uidvalidity).await?;
+        let uidvalidity = selected.uidvalidity;
+        let mut last = self.start_uid(selected).await?;
         tracing::info!(
             host = %cfg.host,
             mailbox = %cfg.mailbox,
@@ -385,7 +398,7 @@ impl SessionCtx<'_> {
     }
 
     /// Connect, secure, LOGIN, SELECT. Returns the session, UIDVALIDITY and IDLE support.
-    async fn establish(&self) -> Result<(ImapSession, u32, bool), ImapError> {
+    async fn establish(&self) -> Result<(ImapSession, Selected, bool), ImapError> {
         let cfg = self.cfg;
         let tcp = TcpStream::connect((cfg.host.as_str(), cfg.port)).await?;
         let _ = tcp.set_nodelay(true);
@@ -420,11 +433,20 @@ impl SessionCtx<'_> {
         let uidvalidity = mailbox
             .uid_validity
             .ok_or_else(|| ImapError::Protocol("SELECT returned no UIDVALIDITY".into()))?;
-        Ok((session, uidvalidity, has_idle))
+        Ok((
+            session,
+            Selected {
+                uidvalidity,
+                uid_next: mailbox.uid_next,
+                exists: mailbox.exists,
+            },
+            has_idle,
+        ))
     }
 
     /// The UID to continue after, from the checkpoint (0 after a UIDVALIDITY change).
-    async fn start_uid(&self, uidvalidity: u32) -> Result<u32, ImapError> {
+    async fn start_uid(&self, selected: Selected) -> Result<u32, ImapError> {
+        let uidvalidity = selected.uidvalidity;
         let mailbox = &self.cfg.mailbox;
         match self
             .checkpoints
@@ -451,10 +473,37 @@ impl SessionCtx<'_> {
                     .map_err(ImapError::Checkpoint)?;
                 Ok(0)
             }
-            None => {
+            None if self.cfg.fetch_existing => {
                 tracing::info!(%mailbox, uidvalidity, "no IMAP checkpoint yet: reading the whole mailbox");
                 Ok(0)
             }
+            None => match selected.uid_next {
+                Some(next) => {
+                    let last_uid = next.saturating_sub(1);
+                    tracing::info!(
+                        %mailbox,
+                        uidvalidity,
+                        skipped = selected.exists,
+                        "first start on this mailbox: starting with new mail; the mail already \
+                         there is left alone (email.imap_fetch_existing = true reads it)"
+                    );
+                    self.checkpoints
+                        .save(
+                            mailbox,
+                            Checkpoint {
+                                uidvalidity,
+                                last_uid,
+                            },
+                        )
+                        .await
+                        .map_err(ImapError::Checkpoint)?;
+                    Ok(last_uid)
+                }
+                None => {
+                    tracing::warn!(%mailbox, uidvalidity, "no IMAP checkpoint and no UIDNEXT from the server: reading the whole mailbox");
+                    Ok(0)
+                }
+            },
         }
     }
 
