@@ -496,16 +496,7 @@ async fn conversation_across_real_matrix_and_email() {
     .await;
     let carol_ghost = "@_coi_carol=40example.test:matrix.test";
     let joined = alice
-        .wait(
-            "carol's ghost joining",
-            |v| {
-                v["room"] == room.as_str()
-                    && v["type"] == "m.room.member"
-                    && v["state_key"] == carol_ghost
-                    && v["content"]["membership"] == "join"
-            },
-            T,
-        )
+        .wait_member("carol's ghost joining", &room, carol_ghost, "join", T)
         .await;
     // The ghost is named by the template (no name known: the address) before it joins.
     assert_eq!(
@@ -525,16 +516,7 @@ async fn conversation_across_real_matrix_and_email() {
     )
     .await;
     alice
-        .wait(
-            "carol's ghost leaving",
-            |v| {
-                v["room"] == room.as_str()
-                    && v["type"] == "m.room.member"
-                    && v["state_key"] == carol_ghost
-                    && v["content"]["membership"] == "leave"
-            },
-            T,
-        )
+        .wait_member("carol's ghost leaving", &room, carol_ghost, "leave", T)
         .await;
 
     // 8b. Inviting a ghost adds its email person: carol's ghost invited back into the portal.
@@ -553,14 +535,11 @@ async fn conversation_across_real_matrix_and_email() {
         },
     );
     alice
-        .wait(
+        .wait_member(
             "carol's ghost accepting the invite",
-            |v| {
-                v["room"] == room.as_str()
-                    && v["type"] == "m.room.member"
-                    && v["state_key"] == carol_ghost
-                    && v["content"]["membership"] == "join"
-            },
+            &room,
+            carol_ghost,
+            "join",
             T,
         )
         .await;
@@ -575,16 +554,7 @@ async fn conversation_across_real_matrix_and_email() {
         .unwrap()
         .to_owned();
     alice
-        .wait(
-            "bob's ghost joining the DM",
-            |v| {
-                v["room"] == dm_bob.as_str()
-                    && v["type"] == "m.room.member"
-                    && v["state_key"] == ghost
-                    && v["content"]["membership"] == "join"
-            },
-            T,
-        )
+        .wait_member("bob's ghost joining the DM", &dm_bob, ghost, "join", T)
         .await;
     alice
         .cmd(json!({"cmd": "send", "room": dm_bob, "body": format!("just between us {tag}")}))
@@ -640,14 +610,11 @@ async fn conversation_across_real_matrix_and_email() {
         .cmd(json!({"cmd": "invite", "room": room, "user": dave_ghost}))
         .await;
     alice
-        .wait(
+        .wait_member(
             "dave's ghost accepting the invite",
-            |v| {
-                v["room"] == room.as_str()
-                    && v["type"] == "m.room.member"
-                    && v["state_key"] == dave_ghost
-                    && v["content"]["membership"] == "join"
-            },
+            &room,
+            dave_ghost,
+            "join",
             T,
         )
         .await;

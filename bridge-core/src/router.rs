@@ -147,6 +147,15 @@ impl Router {
         let mut target = None;
         let mut deliverable = true;
         let mut replaced_info = None;
+        if let EventKind::Redaction { target: r } | EventKind::Reaction { target: r, .. } =
+            &mut event
+        {
+            target = resolve(&mut tx, ev.side, r, chat).await?;
+            if target.is_none() {
+                tracing::warn!(remote_id = %ev.remote_id, kind = ev.kind.name(), "Target unknown; stored, not bridged.");
+                deliverable = false;
+            }
+        }
         match &mut event {
             EventKind::Message(content) => {
                 if let Some(r) = content.reply_to.as_mut()
@@ -165,80 +174,62 @@ impl Router {
                     }
                 }
             }
-            EventKind::Redaction { target: r } => {
-                target = resolve(&mut tx, ev.side, r, chat).await?;
-                match target {
-                    None => {
-                        tracing::warn!(remote_id = %ev.remote_id, kind = ev.kind.name(), "Target unknown; stored, not bridged.");
-                        deliverable = false;
-                    }
-                    Some(t) => {
-                        // Deleting one's own reaction takes it back: the other sides get a
-                        // reaction change (what the person still holds on the message, or none).
-                        let stored = tx.message(t).await?;
-                        if let (
-                            EventKind::Reaction {
-                                target: rt, key, ..
+            EventKind::Redaction { .. } => {
+                if let Some(t) = target {
+                    // Deleting one's own reaction takes it back: the other sides get a
+                    // reaction change (what the person still holds on the message, or none).
+                    let stored = tx.message(t).await?;
+                    if let (
+                        EventKind::Reaction {
+                            target: rt, key, ..
+                        },
+                        Some(by),
+                    ) = (&stored.event, stored.sender)
+                        && by == sender
+                        && let Some(reacted) = rt.message_id
+                    {
+                        tx.remove_reaction(reacted, sender, key).await?;
+                        let still = tx.reactions_by(reacted, sender).await?;
+                        event = EventKind::Reaction {
+                            target: Relation {
+                                message_id: Some(reacted),
+                                ..Relation::default()
                             },
-                            Some(by),
-                        ) = (&stored.event, stored.sender)
-                            && by == sender
-                            && let Some(reacted) = rt.message_id
-                        {
-                            tx.remove_reaction(reacted, sender, key).await?;
-                            let still = tx.reactions_by(reacted, sender).await?;
-                            event = EventKind::Reaction {
-                                target: Relation {
-                                    message_id: Some(reacted),
-                                    ..Relation::default()
-                                },
-                                key: still.last().map(|(k, _)| k.clone()).unwrap_or_default(),
-                                replaces: vec![Relation {
-                                    message_id: Some(t),
-                                    ..Relation::default()
-                                }],
-                            };
-                            target = Some(reacted);
-                        }
+                            key: still.last().map(|(k, _)| k.clone()).unwrap_or_default(),
+                            replaces: vec![Relation {
+                                message_id: Some(t),
+                                ..Relation::default()
+                            }],
+                        };
+                        target = Some(reacted);
                     }
                 }
             }
-            EventKind::Reaction {
-                target: r,
-                key,
-                replaces,
-            } => {
-                target = resolve(&mut tx, ev.side, r, chat).await?;
-                match target {
-                    None => {
-                        tracing::warn!(remote_id = %ev.remote_id, kind = ev.kind.name(), "Target unknown; stored, not bridged.");
+            EventKind::Reaction { key, replaces, .. } => {
+                if let Some(t) = target {
+                    // Where a person holds one reaction per message, a new one replaces the
+                    // earlier ones; an empty key takes them all back.
+                    let single = !self
+                        .sides
+                        .iter()
+                        .find(|s| s.name == ev.side)
+                        .is_some_and(|s| s.caps.multiple_reactions);
+                    let held = tx.reactions_by(t, sender).await?;
+                    let repeat = !key.is_empty() && held.iter().any(|(k, _)| k == key);
+                    if single && repeat {
+                        // The same reaction again (a second device): nothing changes.
                         deliverable = false;
-                    }
-                    Some(t) => {
-                        // Where a person holds one reaction per message, a new one replaces the
-                        // earlier ones; an empty key takes them all back.
-                        let single = !self
-                            .sides
+                    } else {
+                        *replaces = held
                             .iter()
-                            .find(|s| s.name == ev.side)
-                            .is_some_and(|s| s.caps.multiple_reactions);
-                        let held = tx.reactions_by(t, sender).await?;
-                        let repeat = !key.is_empty() && held.iter().any(|(k, _)| k == key);
-                        if single && repeat {
-                            // The same reaction again (a second device): nothing changes.
-                            deliverable = false;
-                        } else {
-                            *replaces = held
-                                .iter()
-                                .filter(|(k, _)| key.is_empty() || (single && k != key))
-                                .map(|(_, m)| Relation {
-                                    message_id: Some(*m),
-                                    ..Relation::default()
-                                })
-                                .collect();
-                            if single {
-                                tx.set_reaction(t, sender, "", t).await?;
-                            }
+                            .filter(|(k, _)| key.is_empty() || (single && k != key))
+                            .map(|(_, m)| Relation {
+                                message_id: Some(*m),
+                                ..Relation::default()
+                            })
+                            .collect();
+                        if single {
+                            tx.set_reaction(t, sender, "", t).await?;
                         }
                     }
                 }

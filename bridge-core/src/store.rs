@@ -358,18 +358,7 @@ impl Store {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(QuarantineEntry {
-                    id: r.try_get(0)?,
-                    side: r.try_get(1)?,
-                    remote_id: r.try_get(2)?,
-                    reason: r.try_get(3)?,
-                    raw_bytes: r.try_get(4)?,
-                    created_at: r.try_get(5)?,
-                })
-            })
-            .collect()
+        rows.iter().map(quarantine_row).collect()
     }
 
     /// The raw bytes of a kept input.
@@ -393,17 +382,7 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?
         .ok_or_else(|| StoreError::NotFound(format!("quarantine entry {id}")))?;
-        Ok((
-            QuarantineEntry {
-                id: row.try_get(0)?,
-                side: row.try_get(1)?,
-                remote_id: row.try_get(2)?,
-                reason: row.try_get(3)?,
-                raw_bytes: row.try_get(4)?,
-                created_at: row.try_get(5)?,
-            },
-            row.try_get::<Option<Vec<u8>>, _>(6)?,
-        ))
+        Ok((quarantine_row(&row)?, row.try_get::<Option<Vec<u8>>, _>(6)?))
     }
 
     /// Forgets every kept input of a remote id (it has been placed since); returns how many.
@@ -739,6 +718,18 @@ impl Store {
             recent,
         })
     }
+}
+
+/// A quarantine entry from `id, side, remote_id, reason, raw size, created_at` columns.
+fn quarantine_row(r: &sqlx::any::AnyRow) -> Result<QuarantineEntry> {
+    Ok(QuarantineEntry {
+        id: r.try_get(0)?,
+        side: r.try_get(1)?,
+        remote_id: r.try_get(2)?,
+        reason: r.try_get(3)?,
+        raw_bytes: r.try_get(4)?,
+        created_at: r.try_get(5)?,
+    })
 }
 
 fn outbox_row(r: &sqlx::any::AnyRow) -> Result<OutboxRow> {

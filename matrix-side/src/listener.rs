@@ -88,6 +88,16 @@ fn error(status: StatusCode, errcode: &str, msg: &str) -> Response {
         .into_response()
 }
 
+/// A 500 that makes the homeserver send the transaction again; `why` is logged.
+fn retry_later(txn_id: &str, why: &str, e: &dyn std::fmt::Display) -> Response {
+    tracing::warn!(%txn_id, error = %e, "{why}; the homeserver will retry.");
+    error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "M_UNKNOWN",
+        "try again later",
+    )
+}
+
 fn ok_empty() -> Response {
     (StatusCode::OK, axum::Json(json!({}))).into_response()
 }
@@ -305,12 +315,7 @@ async fn transaction(
         }
         Ok(_) => {}
         Err(e) => {
-            tracing::warn!(%txn_id, error = %e, "Store error; the homeserver will retry.");
-            return error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "M_UNKNOWN",
-                "store error",
-            );
+            return retry_later(&txn_id, "Store error", &e);
         }
     }
     // Commands are answered (and not bridged); each is handled once, by event id.
@@ -321,12 +326,7 @@ async fn transaction(
                 Ok(true) => consumed.extend(str_of(ev, "event_id")),
                 Ok(false) => {}
                 Err(e) => {
-                    tracing::warn!(%txn_id, error = %e, "An event could not be handled yet; the homeserver will retry.");
-                    return error(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "M_UNKNOWN",
-                        "try again later",
-                    );
+                    return retry_later(&txn_id, "An event could not be handled yet", &e);
                 }
             }
         }
@@ -355,12 +355,7 @@ async fn transaction(
                 continue;
             }
             Err(e) => {
-                tracing::warn!(%txn_id, error = %e, "Store error; the homeserver will retry.");
-                return error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "M_UNKNOWN",
-                    "store error",
-                );
+                return retry_later(&txn_id, "Store error", &e);
             }
         };
         let mut refused = None;
@@ -370,12 +365,7 @@ async fn transaction(
                 Ok(Some(_)) => continue,
                 Ok(None) => {}
                 Err(e) => {
-                    tracing::warn!(%txn_id, error = %e, "Store error; the homeserver will retry.");
-                    return error(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "M_UNKNOWN",
-                        "store error",
-                    );
+                    return retry_later(&txn_id, "Store error", &e);
                 }
             }
             refused = fetch_media(&st, url, &mut content.parts).await;
@@ -391,12 +381,7 @@ async fn transaction(
             }
             Ok(_) => {}
             Err(e) => {
-                tracing::warn!(%txn_id, error = %e, "Ingest failed; the homeserver will retry.");
-                return error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "M_UNKNOWN",
-                    "ingest failed",
-                );
+                return retry_later(&txn_id, "Ingest failed", &e);
             }
         }
     }

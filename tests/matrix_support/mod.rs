@@ -91,6 +91,28 @@ impl Peer {
         }
     }
 
+    /// Waits for `user`'s membership in `room` to become `membership` (join, leave, invite).
+    pub async fn wait_member(
+        &mut self,
+        what: &str,
+        room: &str,
+        user: &str,
+        membership: &str,
+        secs: u64,
+    ) -> Value {
+        self.wait(
+            what,
+            |v| {
+                v["room"] == room
+                    && v["type"] == "m.room.member"
+                    && v["state_key"] == user
+                    && v["content"]["membership"] == membership
+            },
+            secs,
+        )
+        .await
+    }
+
     /// The first event seen so far that satisfies `pred`, without waiting for more.
     pub async fn try_take(&mut self, pred: impl Fn(&Value) -> bool) -> Option<Value> {
         while let Ok(v) = self.rx.try_recv() {
