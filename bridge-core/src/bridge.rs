@@ -4,7 +4,7 @@
 //! down only delays its own outbox.
 
 use crate::ids::{ChatId, SideName};
-use crate::ir::EventKind;
+use crate::ir::{EventKind, Part};
 use crate::router::{Router, SideEntry, resolve_for_side};
 use crate::side::{OutboxItem, Side, SideError};
 use crate::store::{OutboxRow, Store, StoreError, now_ms};
@@ -246,9 +246,13 @@ impl Bridge {
         row: &OutboxRow,
         stats: &mut DrainStats,
     ) -> Result<bool, StoreError> {
-        let item = self.load_item(side.name(), row).await?;
+        let mut item = self.load_item(side.name(), row).await?;
         let kind = item.event.name();
-        match side.deliver(&item).await {
+        let result = match self.fill_media(side, row, &mut item).await {
+            Ok(()) => side.deliver(&item).await,
+            Err(e) => Err(e),
+        };
+        match result {
             Ok(d) => {
                 self.store
                     .complete_outbox(
@@ -300,6 +304,72 @@ impl Bridge {
                 Ok(true)
             }
         }
+    }
+
+    /// Fetches the files of `item` that are still at their origin (`Part::Attachment::source`).
+    /// A file that cannot be had becomes a line naming it, and the origin is told; only a
+    /// retryable failure is returned (the delivery is retried later).
+    async fn fill_media(
+        &self,
+        side: &dyn Side,
+        row: &OutboxRow,
+        item: &mut OutboxItem,
+    ) -> Result<(), SideError> {
+        let parts = match &mut item.event {
+            EventKind::Message(c) => &mut c.parts,
+            EventKind::Edit { content, .. } => &mut content.parts,
+            _ => return Ok(()),
+        };
+        let mut refused = Vec::new();
+        for part in parts.iter_mut() {
+            let Part::Attachment {
+                filename,
+                mime_type,
+                data,
+                source: Some(source),
+                ..
+            } = part
+            else {
+                continue;
+            };
+            if !data.is_empty() {
+                continue;
+            }
+            let origin = self
+                .sides
+                .iter()
+                .find(|s| s.name().as_str() == item.origin_side);
+            let fetched = match origin {
+                Some(o) => o.fetch_media(source).await,
+                None => Err(SideError::Unsupported(format!(
+                    "the {} side is not running",
+                    item.origin_side
+                ))),
+            };
+            let why = match fetched {
+                Ok(f) if !f.data.is_empty() => {
+                    *data = f.data;
+                    if let Some(m) = f.mime_type
+                        && mime_type == "application/octet-stream"
+                    {
+                        *mime_type = m;
+                    }
+                    continue;
+                }
+                Ok(_) => "the file is empty".to_owned(),
+                Err(e @ SideError::Retryable { .. }) => return Err(e),
+                Err(
+                    SideError::Permanent(m) | SideError::Unsupported(m) | SideError::Ignored(m),
+                ) => m,
+            };
+            tracing::warn!(side = %side.name(), outbox = %row.id, file = %filename, reason = %why, "Attachment not bridged.");
+            refused.push(format!("📎 {filename} was not bridged: {why}"));
+            *part = Part::text(format!("📎 {filename} (not bridged: {why})"));
+        }
+        for r in refused {
+            self.notify_origin(side, row, item, &r).await;
+        }
+        Ok(())
     }
 
     async fn give_up(

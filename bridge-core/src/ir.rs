@@ -117,11 +117,16 @@ pub enum Part {
         mime_type: String,
         /// What it is.
         kind: AttachmentKind,
-        /// The bytes.
+        /// The bytes; empty while they are still at `source`.
         #[serde(with = "b64")]
         data: Vec<u8>,
         /// Duration of audio or video, in milliseconds.
         duration_ms: Option<u64>,
+        /// Where the origin side can fetch the bytes (e.g. an `mxc://` URI) when `data` is empty:
+        /// the hub fetches them through [`crate::Side::fetch_media`] when it delivers, so inputs
+        /// are taken at once and the outbox does not hold the file.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        source: Option<String>,
     },
 }
 

@@ -15,5 +15,7 @@ pub mod testing;
 pub use bridge::{Bridge, BridgeBuilder, DrainStats, RetryPolicy};
 pub use ids::{ChatId, MessageId, OutboxId, PuppetId, SideName};
 pub use router::{IngestOutcome, Router, RouterError};
-pub use side::{Capabilities, ChatView, Delivered, MemberView, OutboxItem, Side, SideError};
+pub use side::{
+    Capabilities, ChatView, Delivered, Fetched, MemberView, OutboxItem, Side, SideError,
+};
 pub use store::{Store, StoreError};

@@ -165,4 +165,22 @@ pub trait Side: Send + Sync + 'static {
     fn capabilities(&self) -> Capabilities;
     /// Send one item. Must be idempotent for the same `outbox_id` (it is retried after a crash).
     async fn deliver(&self, item: &OutboxItem) -> Result<Delivered, SideError>;
+    /// Fetches the bytes of an attachment this side handed the hub with a `source` instead of
+    /// data. `Retryable` errors retry the delivery that needs the file; others make it a line
+    /// that names the file.
+    async fn fetch_media(&self, source: &str) -> Result<Fetched, SideError> {
+        Err(SideError::Unsupported(format!(
+            "{} cannot fetch {source}",
+            self.name()
+        )))
+    }
+}
+
+/// An attachment's bytes fetched from its origin side.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Fetched {
+    /// The bytes.
+    pub data: Vec<u8>,
+    /// The MIME type the origin reported, if any.
+    pub mime_type: Option<String>,
 }

@@ -748,3 +748,127 @@ async fn reactions_replace_add_up_and_are_taken_back() {
         std::mem::forget(b);
     }
 }
+
+/// Files handed over with a `source` are fetched from their origin when delivered: the target
+/// gets the bytes; a transient failure retries the delivery; a file that cannot be had becomes a
+/// line naming it, and the origin's chat is told.
+#[tokio::test]
+async fn attachments_are_fetched_from_their_origin_at_delivery() {
+    use async_trait::async_trait;
+    use bridge_core::ir::AttachmentKind;
+    use bridge_core::testing::FakeSide;
+    use bridge_core::{
+        Bridge, Capabilities, Delivered, Fetched, OutboxItem, RetryPolicy, Side, SideError,
+    };
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    struct Origin {
+        inner: std::sync::Arc<FakeSide>,
+        slow_failures: Mutex<u32>,
+    }
+    #[async_trait]
+    impl Side for Origin {
+        fn name(&self) -> SideName {
+            SideName("alpha")
+        }
+        fn capabilities(&self) -> Capabilities {
+            Capabilities::all()
+        }
+        async fn deliver(&self, item: &OutboxItem) -> Result<Delivered, SideError> {
+            self.inner.deliver(item).await
+        }
+        async fn fetch_media(&self, source: &str) -> Result<Fetched, SideError> {
+            match source {
+                "src://ok" => Ok(Fetched {
+                    data: b"PNGDATA".to_vec(),
+                    mime_type: Some("image/png".into()),
+                }),
+                "src://slow" => {
+                    let mut n = self.slow_failures.lock().unwrap();
+                    if *n == 0 {
+                        *n += 1;
+                        return Err(SideError::retry("media server busy"));
+                    }
+                    Ok(Fetched {
+                        data: b"LATE".to_vec(),
+                        mime_type: None,
+                    })
+                }
+                _ => Err(SideError::Permanent("it is gone".into())),
+            }
+        }
+    }
+
+    for b in common::backends().await {
+        let recorder = FakeSide::new("alpha");
+        let origin = std::sync::Arc::new(Origin {
+            inner: recorder.clone(),
+            slow_failures: Mutex::new(0),
+        });
+        let beta = FakeSide::new("beta");
+        let bridge = Bridge::builder(b.store.clone())
+            .retry(RetryPolicy {
+                initial: Duration::from_millis(0),
+                max: Duration::from_millis(0),
+                max_attempts: 5,
+            })
+            .side(origin.clone())
+            .side(beta.clone())
+            .build();
+        let r = bridge.router();
+        let room = format!("room-{}", uuid::Uuid::new_v4().simple());
+        let file = |id: &str, src: &str| {
+            with_kind(
+                text_event("alpha", &room, "a1", &format!("{room}-{id}"), ""),
+                EventKind::Message(MessageContent {
+                    parts: vec![Part::Attachment {
+                        filename: format!("{id}.png"),
+                        mime_type: "application/octet-stream".into(),
+                        kind: AttachmentKind::Image,
+                        data: Vec::new(),
+                        duration_ms: None,
+                        source: Some(src.into()),
+                    }],
+                    ..MessageContent::default()
+                }),
+            )
+        };
+        r.ingest(file("ok", "src://ok")).await.unwrap();
+        r.ingest(file("slow", "src://slow")).await.unwrap();
+        r.ingest(file("gone", "src://gone")).await.unwrap();
+        let first = bridge.drain_once(SideName("beta")).await.unwrap();
+        assert_eq!((first.delivered, first.retried), (1, 1), "{}", b.name);
+        bridge.drain_once(SideName("beta")).await.unwrap();
+        let got: Vec<Part> = beta
+            .delivered()
+            .into_iter()
+            .filter_map(|i| match i.event {
+                EventKind::Message(c) => c.parts.into_iter().next(),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            matches!(&got[0], Part::Attachment { data, mime_type, .. }
+                if data == b"PNGDATA" && mime_type == "image/png"),
+            "{got:?}"
+        );
+        assert!(
+            matches!(&got[1], Part::Attachment { data, .. } if data == b"LATE"),
+            "retried, then fetched: {got:?}"
+        );
+        assert!(
+            matches!(&got[2], Part::Text { body, .. } if body.contains("gone.png") && body.contains("it is gone")),
+            "{got:?}"
+        );
+        // The origin's people learn that the file did not make it.
+        bridge.drain_once(SideName("alpha")).await.unwrap();
+        assert!(
+            recorder.delivered().iter().any(|i| matches!(&i.event,
+                EventKind::Notice { text } if text.contains("gone.png"))),
+            "{:?}",
+            recorder.delivered()
+        );
+        std::mem::forget(b);
+    }
+}

@@ -252,6 +252,7 @@ fn render_group_mail(item: &OutboxItem, cfg: &EmailConfig) -> Result<Rendered, N
                         kind,
                         data,
                         duration_ms,
+                        ..
                     } => attachments.push(OutgoingAttachment {
                         filename: filename.clone(),
                         mime_type: mime_type.clone(),

@@ -338,6 +338,7 @@ pub fn to_events(
             kind,
             data: a.data.clone(),
             duration_ms: a.duration_ms,
+            source: None,
         });
     }
     if parts.is_empty() {

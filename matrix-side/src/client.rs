@@ -110,6 +110,11 @@ impl MatrixClient {
         })
     }
 
+    /// The homeserver's base URL.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
     /// One call. `path` starts with `/_matrix/`; `query` pairs are added, `user_id` asserts an identity.
     pub async fn call(
         &self,
@@ -470,13 +475,13 @@ impl MatrixClient {
             path_segment(server),
             path_segment(media_id)
         );
-        // Two attempts fit the homeserver's patience for one transaction (Synapse gives up on a
-        // transaction after 60 s and sends it again).
+        // Fetched by the outbox drainer of the chat that needs it (never inside a transaction);
+        // a stuck server only holds that chat, and a timeout is retried with backoff.
         let mut resp = self
             .http
             .get(url)
             .bearer_auth(&self.as_token)
-            .timeout(Duration::from_secs(25))
+            .timeout(Duration::from_secs(120))
             .send()
             .await
             .map_err(|e| ClientError::Network(e.to_string()))?;

@@ -274,6 +274,7 @@ fn media_message(content: &Value, msgtype: &str, body: &str) -> MessageContent {
             kind,
             data: Vec::new(),
             duration_ms: info.and_then(|i| i.get("duration")).and_then(Value::as_u64),
+            source: media_url(content).map(str::to_owned),
         });
     }
     MessageContent {
@@ -650,7 +651,8 @@ mod tests {
                 mime_type: "image/png".into(),
                 kind: AttachmentKind::Image,
                 data: Vec::new(),
-                duration_ms: None
+                duration_ms: None,
+                source: Some("mxc://hs/abc".into()),
             }]
         );
         // A caption (MSC2530) comes first as text; a path in the name is cut; voice is voice.

@@ -39,16 +39,12 @@ fn listener_state(
         router.clone(),
         settings.permissions.clone(),
     );
-    let media = listener::MediaFetch {
-        client,
-        max_bytes: settings.max_file_bytes,
-    };
     ListenerState::build(
         &settings.hs_token,
         router,
         settings.namer.clone(),
         Some(commands),
-        Some(media),
+        Some(client),
     )
 }
 

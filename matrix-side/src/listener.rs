@@ -3,7 +3,7 @@
 //! **Architecture Invariant:** a transaction is answered 200 only after every event in it was
 //! committed through [`Router::ingest`], and its id is recorded in the store only after that.
 
-use crate::client::{ClientError, Download, MatrixClient};
+use crate::client::MatrixClient;
 use crate::commands::Commands;
 use crate::convert::{Incoming, incoming};
 use crate::ids::GhostNamer;
@@ -13,10 +13,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
-use bridge_core::ir::{
-    ChatLocator, EventKind, MembershipChange, Part, Relation, RemoteEvent, UserRef,
-};
-use bridge_core::{IngestOutcome, Router, SideName};
+use bridge_core::ir::{ChatLocator, EventKind, MembershipChange, Relation, RemoteEvent, UserRef};
+use bridge_core::{Router, SideName};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -32,17 +30,8 @@ pub struct ListenerState {
     names: Mutex<BTreeMap<String, String>>,
     /// The bot's commands (none in listener-only tests).
     commands: Option<Commands>,
-    /// Fetches media of incoming messages (none: files become a text that says so).
-    media: Option<MediaFetch>,
-}
-
-/// How the listener fetches the files of incoming media messages.
-#[derive(Clone, Debug)]
-pub struct MediaFetch {
-    /// The client (downloads as the bot, through the authenticated media API).
-    pub client: MatrixClient,
-    /// Files above this are not fetched; the email side gets a text that says so.
-    pub max_bytes: u64,
+    /// The client, to create ghosts that are asked about (none in listener-only tests).
+    client: Option<MatrixClient>,
 }
 
 impl ListenerState {
@@ -67,7 +56,7 @@ impl ListenerState {
         router: Router,
         namer: GhostNamer,
         commands: Option<Commands>,
-        media: Option<MediaFetch>,
+        client: Option<MatrixClient>,
     ) -> Arc<Self> {
         Arc::new(Self {
             hs_token: hs_token.to_owned(),
@@ -75,7 +64,7 @@ impl ListenerState {
             namer,
             names: Mutex::new(BTreeMap::new()),
             commands,
-            media,
+            client,
         })
     }
 }
@@ -206,7 +195,7 @@ async fn query_user(
     let reachable = st.namer.parse(&user).is_some_and(|(side, addr)| {
         side == SideName::EMAIL.as_str() && crate::commands::is_email(&addr)
     });
-    let client = st.media.as_ref().map(|m| &m.client);
+    let client = st.client.as_ref();
     match (
         reachable,
         client,
@@ -336,20 +325,18 @@ async fn transaction(
         if str_of(ev, "event_id").is_some_and(|id| consumed.contains(&id)) {
             continue;
         }
-        let url = ev
-            .get("content")
-            .and_then(crate::convert::media_url)
-            .map(str::to_owned);
-        remote.extend(to_remote(&st, ev).into_iter().map(|r| (r, url.clone())));
+        remote.extend(to_remote(&st, ev));
     }
-    for (mut ev, url) in remote {
+    // Files are not fetched here: the hub fetches them when it delivers (`MatrixSide::fetch_media`),
+    // so a slow media server never holds up the homeserver's transaction.
+    for ev in remote {
         // Events of rooms that are not portals are not the hub's business (yet).
         let linked = match &ev.chat.remote_chat_id {
             Some(room) => store.chat_by_link(SideName::MATRIX, room).await,
             None => Ok(None),
         };
-        let chat = match linked {
-            Ok(Some(c)) => c,
+        match linked {
+            Ok(Some(_)) => {}
             Ok(None) => {
                 tracing::debug!(remote_id = %ev.remote_id, "Event in an unlinked room ignored.");
                 continue;
@@ -357,32 +344,9 @@ async fn transaction(
             Err(e) => {
                 return retry_later(&txn_id, "Store error", &e);
             }
-        };
-        let mut refused = None;
-        if let (Some(url), EventKind::Message(content)) = (&url, &mut ev.kind) {
-            // A redelivered event is a duplicate: do not fetch its file again.
-            match store.message_by_link(SideName::MATRIX, &ev.remote_id).await {
-                Ok(Some(_)) => continue,
-                Ok(None) => {}
-                Err(e) => {
-                    return retry_later(&txn_id, "Store error", &e);
-                }
-            }
-            refused = fetch_media(&st, url, &mut content.parts).await;
         }
-        match st.router.ingest(ev).await {
-            Ok(IngestOutcome::Committed { .. }) => {
-                if let Some(why) = refused {
-                    // The Matrix sender learns at once that email people did not get the file.
-                    if let Err(e) = st.router.notice(chat, SideName::MATRIX, &why).await {
-                        tracing::warn!(error = %e, "Could not post a notice.");
-                    }
-                }
-            }
-            Ok(_) => {}
-            Err(e) => {
-                return retry_later(&txn_id, "Ingest failed", &e);
-            }
+        if let Err(e) = st.router.ingest(ev).await {
+            return retry_later(&txn_id, "Ingest failed", &e);
         }
     }
     if let Err(e) = store.kv_set(&txn_key(&txn_id), &fingerprint).await {
@@ -390,80 +354,6 @@ async fn transaction(
         tracing::warn!(%txn_id, error = %e, "Could not record the transaction id.");
     }
     ok_empty()
-}
-
-/// Fills the bytes of the attachments that still lack them (`data` empty) from `url`. A file that
-/// cannot be fetched (too large, gone, unreachable after retries) becomes a text that says so, and
-/// the reason is returned for a notice to the Matrix room.
-async fn fetch_media(st: &ListenerState, url: &str, parts: &mut [Part]) -> Option<String> {
-    let mut refused = None;
-    for part in parts.iter_mut() {
-        let Part::Attachment { filename, data, .. } = part else {
-            continue;
-        };
-        if !data.is_empty() {
-            continue;
-        }
-        let name = filename.clone();
-        let why = match &st.media {
-            None => "files are not fetched by this listener".to_owned(),
-            Some(m) => match download_with_retries(&m.client, url, m.max_bytes).await {
-                Ok(Download::Bytes {
-                    data: bytes,
-                    content_type,
-                }) => {
-                    *data = bytes;
-                    if let (Part::Attachment { mime_type, .. }, Some(ct)) =
-                        (&mut *part, content_type)
-                        && mime_type == "application/octet-stream"
-                        && let Some(essence) = ct.split(';').next().filter(|e| e.contains('/'))
-                    {
-                        *mime_type = essence.trim().to_ascii_lowercase();
-                    }
-                    if data_is_empty(part) {
-                        "the file is empty".to_owned()
-                    } else {
-                        continue;
-                    }
-                }
-                Ok(Download::TooLarge) => format!(
-                    "it is larger than the {} MB this bridge sends by email",
-                    m.max_bytes / 1_000_000
-                ),
-                Err(e) => format!("it could not be fetched ({e})"),
-            },
-        };
-        tracing::warn!(%url, file = %name, reason = %why, "Attachment not bridged.");
-        *part = Part::text(format!("📎 {name} (not bridged: {why})"));
-        refused = Some(format!("📎 {name} was not bridged: {why}."));
-    }
-    refused
-}
-
-fn data_is_empty(part: &Part) -> bool {
-    matches!(part, Part::Attachment { data, .. } if data.is_empty())
-}
-
-/// A download, retried once on errors that may pass (network, 5xx, 429); both attempts fit in
-/// the homeserver's patience for one transaction.
-async fn download_with_retries(
-    client: &MatrixClient,
-    url: &str,
-    max_bytes: u64,
-) -> Result<Download, ClientError> {
-    let mut delay = std::time::Duration::from_millis(500);
-    let mut attempt = 0;
-    loop {
-        match client.download(url, max_bytes).await {
-            Err(e) if e.is_retryable() && attempt < 1 => {
-                attempt += 1;
-                tracing::info!(%url, error = %e, "Media download failed; retrying.");
-                tokio::time::sleep(delay).await;
-                delay *= 4;
-            }
-            r => return r,
-        }
-    }
 }
 
 fn str_of<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
@@ -843,104 +733,31 @@ mod tests {
         assert_eq!(f.messages().await, 3);
     }
 
-    /// A listener whose media come from a fake content repository.
-    async fn media_fixture(max_bytes: u64) -> Fixture {
-        let tb = TestBridge::new(&["email"]).await.unwrap();
-        tb.router()
-            .create_chat("Portal", "", Some((SideName::MATRIX, ROOM)), &[])
-            .await
-            .unwrap();
-        let repo = axum::Router::new().fallback(|uri: axum::http::Uri| async move {
-            match uri.path() {
-                "/_matrix/client/v1/media/download/hs/cat" => (
-                    StatusCode::OK,
-                    [(header::CONTENT_TYPE, "image/png")],
-                    b"0123456789".to_vec(),
-                )
-                    .into_response(),
-                _ => error(StatusCode::NOT_FOUND, "M_NOT_FOUND", "no such media"),
-            }
-        });
-        let rl = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let repo_base = format!("http://{}", rl.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(rl, repo).await });
-        let media = MediaFetch {
-            client: MatrixClient::new(&repo_base, "as").unwrap(),
-            max_bytes,
-        };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let state = ListenerState::build(HS, tb.router(), namer(), None, Some(media));
-        tokio::spawn(serve(listener, state, std::future::pending()));
-        Fixture {
-            tb,
-            base,
-            http: reqwest::Client::new(),
-        }
-    }
-
-    fn image(event_id: &str, url: &str) -> Value {
-        json!({"type": "m.room.message", "event_id": event_id, "room_id": ROOM,
-               "sender": "@alice:matrix.test", "origin_server_ts": 1_700_000_000_000i64,
-               "content": {"msgtype": "m.image", "body": "cat.png", "url": url,
-                           "info": {"mimetype": "image/png"}}})
-    }
-
-    async fn parts_of(f: &Fixture) -> Vec<Vec<Part>> {
-        let store = f.tb.bridge.store();
-        let mut out = Vec::new();
-        for c in store.chats().await.unwrap() {
-            for m in store.chat_messages(c.id).await.unwrap() {
-                if let EventKind::Message(content) = m.event {
-                    out.push(content.parts);
-                }
-            }
-        }
-        out
-    }
-
     #[tokio::test]
-    async fn media_are_fetched_or_said() {
-        let f = media_fixture(1000).await;
-        let body = json!({"events": [image("$i", "mxc://hs/cat"), image("$j", "mxc://hs/gone")]})
-            .to_string();
+    async fn media_are_ingested_at_once_with_their_source() {
+        let f = fixture().await;
+        let body = json!({"events": [{"type": "m.room.message", "event_id": "$i", "room_id": ROOM,
+            "sender": "@alice:matrix.test", "origin_server_ts": 1_700_000_000_000i64,
+            "content": {"msgtype": "m.image", "body": "cat.png", "url": "mxc://hs/cat",
+                        "info": {"mimetype": "image/png", "size": 10}}}]})
+        .to_string();
         assert_eq!(f.put("1", Some(HS), &body).await.0, 200);
-        let parts = parts_of(&f).await;
+        let store = f.tb.bridge.store();
+        let chat = store.chats().await.unwrap()[0].id;
+        let parts: Vec<_> = store
+            .chat_messages(chat)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter_map(|m| match m.event {
+                EventKind::Message(c) => Some(c.parts),
+                _ => None,
+            })
+            .collect();
         assert!(
-            parts.iter().any(
-                |p| matches!(&p[..], [Part::Attachment { data, filename, .. }]
-                if data == b"0123456789" && filename == "cat.png")
-            ),
-            "{parts:?}"
-        );
-        assert!(
-            parts
-                .iter()
-                .any(|p| matches!(&p[..], [Part::Text { body, .. }]
-                if body.contains("cat.png") && body.contains("could not be fetched"))),
-            "{parts:?}"
-        );
-        // The Matrix room is told about the file that did not make it (a notice for Matrix only).
-        let notices =
-            f.tb.bridge
-                .store()
-                .chat_messages(f.tb.bridge.store().chats().await.unwrap()[0].id)
-                .await
-                .unwrap()
-                .into_iter()
-                .filter(|m| matches!(m.event, EventKind::Notice { .. }))
-                .count();
-        assert_eq!(notices, 1);
-        // Redelivered under a new txn id: nothing fetched or stored twice.
-        assert_eq!(f.put("2", Some(HS), &body).await.0, 200);
-        assert_eq!(parts_of(&f).await.len(), 2);
-
-        let f = media_fixture(5).await;
-        let body = json!({"events": [image("$k", "mxc://hs/cat")]}).to_string();
-        assert_eq!(f.put("1", Some(HS), &body).await.0, 200);
-        let parts = parts_of(&f).await;
-        assert!(
-            matches!(&parts[0][..], [Part::Text { body, .. }] if body.contains("larger than")),
+            matches!(&parts[..], [p] if matches!(&p[..], [bridge_core::ir::Part::Attachment {
+                data, source: Some(src), filename, .. }]
+                if data.is_empty() && src == "mxc://hs/cat" && filename == "cat.png")),
             "{parts:?}"
         );
     }

@@ -1,6 +1,6 @@
 //! `MatrixSide`: delivers the hub's outbox into Matrix rooms as ghosts.
 
-use crate::client::{ClientError, MatrixClient, txn_id};
+use crate::client::{ClientError, Download, MatrixClient, txn_id};
 use crate::config::MatrixSettings;
 use crate::convert::{
     MediaInfo, edit_content, first_part_content, media_content, part_content, reaction_content,
@@ -9,7 +9,7 @@ use crate::ids::{GhostNamer, is_user_id};
 use async_trait::async_trait;
 use bridge_core::ir::{AttachmentKind, EventKind, MembershipChange, Part, Relation};
 use bridge_core::{
-    Capabilities, Delivered, MemberView, OutboxItem, Side, SideError, SideName, Store,
+    Capabilities, Delivered, Fetched, MemberView, OutboxItem, Side, SideError, SideName, Store,
 };
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
@@ -35,6 +35,8 @@ pub struct MatrixSide {
     upload_limit: tokio::sync::OnceCell<u64>,
     /// Ghost display name template.
     displayname_template: String,
+    /// Largest file fetched from Matrix.
+    max_file_bytes: u64,
 }
 
 fn media_key(message_uuid: &str, part: &str) -> String {
@@ -128,6 +130,7 @@ impl MatrixSide {
             joined: Mutex::new(BTreeSet::new()),
             upload_limit: tokio::sync::OnceCell::new(),
             displayname_template: settings.displayname_template.clone(),
+            max_file_bytes: settings.max_file_bytes,
         })
     }
 
@@ -169,6 +172,7 @@ impl MatrixSide {
             kind,
             data,
             duration_ms,
+            ..
         } = part
         else {
             return Err(SideError::Permanent("not an attachment".into()));
@@ -383,6 +387,29 @@ impl MatrixSide {
 impl Side for MatrixSide {
     fn name(&self) -> SideName {
         SideName::MATRIX
+    }
+
+    async fn fetch_media(&self, source: &str) -> Result<Fetched, SideError> {
+        // Through the authenticated media API, as the bot; at most `max_file_bytes`.
+        match self.client.download(source, self.max_file_bytes).await {
+            Ok(Download::Bytes { data, content_type }) => Ok(Fetched {
+                data,
+                mime_type: content_type
+                    .as_deref()
+                    .and_then(|ct| ct.split(';').next())
+                    .map(|m| m.trim().to_ascii_lowercase())
+                    .filter(|m| m.contains('/')),
+            }),
+            Ok(Download::TooLarge) => Err(SideError::Permanent(format!(
+                "it is larger than the {} this bridge fetches from Matrix (matrix.max_file_bytes)",
+                human_size(self.max_file_bytes)
+            ))),
+            // Gone, forbidden, not a media id: asking again will not help.
+            Err(e @ ClientError::Http { status, .. }) if (400..500).contains(&status) => Err(
+                SideError::Permanent(format!("it could not be fetched ({e})")),
+            ),
+            Err(e) => Err(e.into()),
+        }
     }
 
     fn capabilities(&self) -> Capabilities {
@@ -624,6 +651,17 @@ mod tests {
         if path.ends_with("/register") {
             return err(StatusCode::BAD_REQUEST, "M_USER_IN_USE");
         }
+        if path == "/_matrix/client/v1/media/download/matrix.test/cat" {
+            let mut r = (StatusCode::OK, b"0123456789".to_vec()).into_response();
+            r.headers_mut().insert(
+                "content-type",
+                axum::http::HeaderValue::from_static("image/png; charset=binary"),
+            );
+            return r;
+        }
+        if path.contains("/media/download/") {
+            return err(StatusCode::NOT_FOUND, "M_NOT_FOUND");
+        }
         if path.ends_with("/media/config") {
             return axum::Json(json!({"m.upload.size": 100})).into_response();
         }
@@ -709,6 +747,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn media_are_fetched_through_authenticated_media_within_the_limit() {
+        let (_hs, tb, side) = fake_side().await;
+        let f = side.fetch_media("mxc://matrix.test/cat").await.unwrap();
+        assert_eq!(f.data, b"0123456789");
+        assert_eq!(f.mime_type.as_deref(), Some("image/png"));
+        let gone = side.fetch_media("mxc://matrix.test/gone").await;
+        assert!(
+            matches!(&gone, Err(SideError::Permanent(m)) if m.contains("404")),
+            "{gone:?}"
+        );
+        let bad = side.fetch_media("https://example.org/x").await;
+        assert!(matches!(bad, Err(SideError::Permanent(_))), "{bad:?}");
+        let mut small = MatrixConfig::new(side.client().base_url(), "matrix.test", "as", "hs");
+        small.max_file_bytes = 5;
+        let tiny = MatrixSide::new(&small.validate().unwrap(), tb.bridge.store().clone()).unwrap();
+        let big = tiny.fetch_media("mxc://matrix.test/cat").await;
+        assert!(
+            matches!(&big, Err(SideError::Permanent(m)) if m.contains("larger than")),
+            "{big:?}"
+        );
+    }
+
+    #[tokio::test]
     async fn ghost_names_follow_the_template() {
         let (_hs, _tb, side) = fake_side().await;
         assert_eq!(
@@ -735,6 +796,7 @@ mod tests {
             kind: AttachmentKind::Image,
             data: png.clone(),
             duration_ms: None,
+            source: None,
         };
         let it = item(bob.clone(), vec![Part::text("look"), small]);
         // The first send is rate limited (the fake's script); the retry must not upload again.
@@ -765,6 +827,7 @@ mod tests {
             kind: AttachmentKind::File,
             data: vec![0; 101],
             duration_ms: None,
+            source: None,
         };
         let mut it = item(bob, vec![big]);
         it.message_uuid = "uuid-2".into();
