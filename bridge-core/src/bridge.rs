@@ -248,8 +248,13 @@ impl Bridge {
     ) -> Result<bool, StoreError> {
         let mut item = self.load_item(side.name(), row).await?;
         let kind = item.event.name();
-        let result = match self.fill_media(side, row, &mut item).await {
-            Ok(()) => side.deliver(&item).await,
+        let last_attempt = row.attempts + 1 >= self.retry.max_attempts;
+        let mut refused = Vec::new();
+        let result = match self.fill_media(side, row, &mut item, last_attempt).await {
+            Ok(r) => {
+                refused = r;
+                side.deliver(&item).await
+            }
             Err(e) => Err(e),
         };
         match result {
@@ -264,7 +269,8 @@ impl Bridge {
                     )
                     .await?;
                 stats.delivered += 1;
-                for n in &d.notices {
+                // Told once, after the row is done (a retried row would tell again otherwise).
+                for n in refused.iter().chain(&d.notices) {
                     self.notify_origin(side, row, &item, n).await;
                 }
                 tracing::debug!(side = %side.name(), outbox = %row.id, kind, "Delivered.");
@@ -307,18 +313,20 @@ impl Bridge {
     }
 
     /// Fetches the files of `item` that are still at their origin (`Part::Attachment::source`).
-    /// A file that cannot be had becomes a line naming it, and the origin is told; only a
-    /// retryable failure is returned (the delivery is retried later).
+    /// A file that cannot be had becomes a line naming it, returned for a notice to the origin
+    /// once the item is delivered. A retryable failure is returned (the delivery is retried),
+    /// except on the last attempt, where the file is named instead so the rest still arrives.
     async fn fill_media(
         &self,
         side: &dyn Side,
         row: &OutboxRow,
         item: &mut OutboxItem,
-    ) -> Result<(), SideError> {
+        last_attempt: bool,
+    ) -> Result<Vec<String>, SideError> {
         let parts = match &mut item.event {
             EventKind::Message(c) => &mut c.parts,
             EventKind::Edit { content, .. } => &mut content.parts,
-            _ => return Ok(()),
+            _ => return Ok(Vec::new()),
         };
         let mut refused = Vec::new();
         for part in parts.iter_mut() {
@@ -357,7 +365,10 @@ impl Bridge {
                     continue;
                 }
                 Ok(_) => "the file is empty".to_owned(),
-                Err(e @ SideError::Retryable { .. }) => return Err(e),
+                Err(e @ SideError::Retryable { .. }) if !last_attempt => return Err(e),
+                Err(SideError::Retryable { message, .. }) => {
+                    format!("it could not be fetched after many attempts ({message})")
+                }
                 Err(
                     SideError::Permanent(m) | SideError::Unsupported(m) | SideError::Ignored(m),
                 ) => m,
@@ -366,10 +377,7 @@ impl Bridge {
             refused.push(format!("📎 {filename} was not bridged: {why}"));
             *part = Part::text(format!("📎 {filename} (not bridged: {why})"));
         }
-        for r in refused {
-            self.notify_origin(side, row, item, &r).await;
-        }
-        Ok(())
+        Ok(refused)
     }
 
     async fn give_up(

@@ -784,6 +784,7 @@ async fn attachments_are_fetched_from_their_origin_at_delivery() {
                     data: b"PNGDATA".to_vec(),
                     mime_type: Some("image/png".into()),
                 }),
+                "src://down" => Err(SideError::retry("media server down")),
                 "src://slow" => {
                     let mut n = self.slow_failures.lock().unwrap();
                     if *n == 0 {
@@ -837,8 +838,15 @@ async fn attachments_are_fetched_from_their_origin_at_delivery() {
         r.ingest(file("ok", "src://ok")).await.unwrap();
         r.ingest(file("slow", "src://slow")).await.unwrap();
         r.ingest(file("gone", "src://gone")).await.unwrap();
+        // The target fails once on the message whose file is gone: still one notice, below.
+        beta.script([
+            Ok(()),
+            Ok(()),
+            Err(bridge_core::testing::FakeFailure::Retry),
+        ]);
         let first = bridge.drain_once(SideName("beta")).await.unwrap();
         assert_eq!((first.delivered, first.retried), (1, 1), "{}", b.name);
+        bridge.drain_once(SideName("beta")).await.unwrap();
         bridge.drain_once(SideName("beta")).await.unwrap();
         let got: Vec<Part> = beta
             .delivered()
@@ -863,12 +871,30 @@ async fn attachments_are_fetched_from_their_origin_at_delivery() {
         );
         // The origin's people learn that the file did not make it.
         bridge.drain_once(SideName("alpha")).await.unwrap();
+        let told = |name: &str| {
+            recorder
+                .delivered()
+                .iter()
+                .filter(|i| matches!(&i.event, EventKind::Notice { text } if text.contains(name)))
+                .count()
+        };
+        assert_eq!(told("gone.png"), 1, "told once, despite the retry");
+        // A media server that stays down: on the last attempt the file is named and the message
+        // (its other parts) still arrives.
+        r.ingest(file("down", "src://down")).await.unwrap();
+        for _ in 0..5 {
+            bridge.drain_once(SideName("beta")).await.unwrap();
+        }
         assert!(
-            recorder.delivered().iter().any(|i| matches!(&i.event,
-                EventKind::Notice { text } if text.contains("gone.png"))),
+            beta.delivered()
+                .iter()
+                .any(|i| matches!(&i.event, EventKind::Message(c)
+                if matches!(&c.parts[..], [Part::Text { body, .. }] if body.contains("down.png")))),
             "{:?}",
-            recorder.delivered()
+            beta.delivered().last()
         );
+        bridge.drain_once(SideName("alpha")).await.unwrap();
+        assert_eq!(told("down.png"), 1);
         std::mem::forget(b);
     }
 }

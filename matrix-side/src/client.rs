@@ -481,7 +481,7 @@ impl MatrixClient {
             .http
             .get(url)
             .bearer_auth(&self.as_token)
-            .timeout(Duration::from_secs(120))
+            .timeout(Duration::from_secs(600))
             .send()
             .await
             .map_err(|e| ClientError::Network(e.to_string()))?;
