@@ -64,7 +64,7 @@ async fn parts(v: &Validated) -> anyhow::Result<Parts> {
 pub async fn replay_quarantine(
     v: Validated,
     ids: Option<Vec<i64>>,
-) -> anyhow::Result<Vec<(i64, String, Result<coi_side::Replayed, String>)>> {
+) -> anyhow::Result<Vec<(i64, Result<coi_side::Replayed, String>)>> {
     let p = parts(&v).await?;
     let bridge = p.builder.build();
     let sink = coi_side::MailSink::new(p.email_cfg, bridge.router());
@@ -84,15 +84,7 @@ pub async fn replay_quarantine(
     };
     let mut out = Vec::new();
     for id in ids {
-        let remote = match p.store.quarantine_entry(id).await {
-            Ok((e, _)) => e.remote_id,
-            Err(e) => {
-                out.push((id, String::new(), Err(e.to_string())));
-                continue;
-            }
-        };
-        let r = sink.replay(id).await.map_err(|e| e.to_string());
-        out.push((id, remote, r));
+        out.push((id, sink.replay(id).await.map_err(|e| e.to_string())));
     }
     p.store.close().await;
     Ok(out)

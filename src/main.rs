@@ -200,18 +200,23 @@ async fn replay_quarantine(path: PathBuf, ids: Option<Vec<i64>>) -> anyhow::Resu
         println!("no kept mail to replay");
     }
     let mut failed = false;
-    for (id, remote, r) in results {
+    for (id, r) in results {
         match r {
-            Ok(coi_side::Replayed::Placed) => println!("{id:>6}  placed     {remote}"),
-            Ok(coi_side::Replayed::StillKept(reasons)) => {
-                println!("{id:>6}  still kept {remote}");
+            Ok(coi_side::Replayed::Placed { message_id }) => {
+                println!("{id:>6}  placed     {message_id}");
+            }
+            Ok(coi_side::Replayed::StillKept {
+                message_id,
+                reasons,
+            }) => {
+                println!("{id:>6}  still kept {message_id}");
                 for reason in reasons {
                     println!("        reason: {reason}");
                 }
             }
             Err(e) => {
                 failed = true;
-                println!("{id:>6}  error      {remote}: {e}");
+                println!("{id:>6}  error      {e}");
             }
         }
     }

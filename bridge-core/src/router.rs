@@ -229,7 +229,7 @@ impl Router {
                             })
                             .collect();
                         if single {
-                            tx.set_reaction(t, sender, "", t).await?;
+                            tx.clear_reactions(t, sender).await?;
                         }
                     }
                 }

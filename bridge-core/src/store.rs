@@ -1286,6 +1286,16 @@ impl StoreTx {
         Ok(())
     }
 
+    /// Removes all of a puppet's reactions on a message.
+    pub async fn clear_reactions(&mut self, target: MessageId, puppet: PuppetId) -> Result<()> {
+        sqlx::query("DELETE FROM reaction WHERE message_id = $1 AND puppet_id = $2")
+            .bind(target.0)
+            .bind(puppet.0)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
     /// Records a reaction; an empty key removes all of the puppet's reactions on the target.
     pub async fn set_reaction(
         &mut self,
@@ -1295,12 +1305,7 @@ impl StoreTx {
         event: MessageId,
     ) -> Result<()> {
         if key.is_empty() {
-            sqlx::query("DELETE FROM reaction WHERE message_id = $1 AND puppet_id = $2")
-                .bind(target.0)
-                .bind(puppet.0)
-                .execute(&mut *self.tx)
-                .await?;
-            return Ok(());
+            return self.clear_reactions(target, puppet).await;
         }
         sqlx::query(
             "INSERT INTO reaction (message_id, puppet_id, reaction_key, event_message_id) VALUES ($1, $2, $3, $4) \

@@ -224,9 +224,17 @@ impl MailSink {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Replayed {
     /// It is placed now (or was already); its quarantine entries are gone.
-    Placed,
+    Placed {
+        /// The mail's key (Message-ID).
+        message_id: String,
+    },
     /// Still kept, for these reasons.
-    StillKept(Vec<String>),
+    StillKept {
+        /// The mail's key (Message-ID).
+        message_id: String,
+        /// Why, newest reasons included.
+        reasons: Vec<String>,
+    },
 }
 
 impl MailSink {
@@ -263,13 +271,18 @@ impl MailSink {
                 .await
                 .map_err(transient)?;
             tracing::info!(quarantine_id = id, message_id = %entry.remote_id, "Kept mail placed on replay.");
-            return Ok(Replayed::Placed);
+            return Ok(Replayed::Placed {
+                message_id: entry.remote_id,
+            });
         }
         let reasons = store
             .quarantine_reasons(SideName::EMAIL, &entry.remote_id)
             .await
             .map_err(transient)?;
-        Ok(Replayed::StillKept(reasons))
+        Ok(Replayed::StillKept {
+            message_id: entry.remote_id,
+            reasons,
+        })
     }
 }
 

@@ -237,6 +237,14 @@ pub struct RetryLater(pub String);
 
 /// A homeserver error during a ghost invite: `Err` for transient ones (retried with the
 /// transaction), `Ok(false)` for the rest (logged; the invite is left alone).
+/// An entry of the stripped room state an invite carries (`unsigned.invite_room_state`).
+fn invite_state<'a>(ev: &'a Value, kind: &str) -> Option<&'a Value> {
+    ev.pointer("/unsigned/invite_room_state")?
+        .as_array()?
+        .iter()
+        .find(|e| str_of(e, "type") == Some(kind))
+}
+
 fn transient(e: &crate::client::ClientError, what: &str) -> Result<bool, RetryLater> {
     if e.is_retryable() {
         return Err(RetryLater(format!("{what}: {e}")));
@@ -393,19 +401,11 @@ impl Commands {
 
     /// Records the event id; `false` if it was already handled (a retried transaction).
     async fn first_time(&self, event_id: &str) -> bool {
-        if event_id.is_empty() {
-            return true;
+        if self.done(event_id).await {
+            return false;
         }
-        let store = self.router.store();
-        match store.kv_get(&cmd_key(event_id)).await {
-            Ok(Some(_)) => false,
-            _ => {
-                if let Err(e) = store.kv_set(&cmd_key(event_id), "1").await {
-                    tracing::warn!(error = %e, "Could not record a handled command.");
-                }
-                true
-            }
-        }
+        self.mark_done(event_id).await;
+        true
     }
 
     async fn is_mgmt(&self, room: &str) -> bool {
@@ -440,24 +440,47 @@ impl Commands {
         }
     }
 
-    async fn encrypted(&self, room: &str, invite_state: Option<&Value>) -> bool {
-        let in_invite = invite_state.and_then(Value::as_array).is_some_and(|a| {
-            a.iter()
-                .any(|e| str_of(e, "type") == Some("m.room.encryption"))
-        });
-        if in_invite {
-            return true;
+    /// Whether a room is encrypted: from the stripped state an invite `ev` carries, else read as
+    /// `user` (the bot when `None`).
+    async fn encryption(
+        &self,
+        room: &str,
+        ev: Option<&Value>,
+        user: Option<&str>,
+    ) -> Result<bool, crate::client::ClientError> {
+        if ev
+            .and_then(|e| invite_state(e, "m.room.encryption"))
+            .is_some()
+        {
+            return Ok(true);
         }
-        match self
+        self.client
+            .get_state(room, user, "m.room.encryption", "")
+            .await
+            .map(|found| found.is_some())
+    }
+
+    /// [`Self::encryption`] as the bot; a room it cannot read counts as unencrypted (logged).
+    async fn encrypted(&self, room: &str, ev: Option<&Value>) -> bool {
+        self.encryption(room, ev, None).await.unwrap_or_else(|e| {
+            tracing::warn!(%room, error = %e, "Could not read the room's encryption state.");
+            false
+        })
+    }
+
+    /// An invited ghost says why it cannot stay, and leaves.
+    async fn ghost_refuses(&self, room: &str, ghost: &str, invite_id: &str, why: &str) {
+        let txn = txn_id(&format!("ghost-refusal.{invite_id}"), "", ghost);
+        let content = json!({"msgtype": "m.notice", "body": why});
+        if let Err(e) = self
             .client
-            .get_state(room, None, "m.room.encryption", "")
+            .send(room, Some(ghost), "m.room.message", &txn, &content, None)
             .await
         {
-            Ok(found) => found.is_some(),
-            Err(e) => {
-                tracing::warn!(%room, error = %e, "Could not read the room's encryption state.");
-                false
-            }
+            tracing::warn!(%room, %ghost, error = %e, "The ghost could not say why it leaves.");
+        }
+        if let Err(e) = self.client.leave(room, ghost).await {
+            tracing::warn!(%room, %ghost, error = %e, "The ghost could not leave.");
         }
     }
 
@@ -485,11 +508,7 @@ impl Commands {
             tracing::info!(%room, %ghost, %sender, "Ghost invite by someone who may not add email people ignored.");
             return Ok(());
         }
-        let local = ghost
-            .strip_prefix('@')
-            .and_then(|u| u.split_once(':'))
-            .map_or(ghost, |(l, _)| l);
-        if let Err(e) = self.client.register(local).await
+        if let Err(e) = self.client.register(crate::ids::localpart_of(ghost)).await
             && !transient(&e, "register the ghost")?
         {
             return Ok(());
@@ -499,44 +518,27 @@ impl Commands {
         {
             return Ok(());
         }
-        let in_invite = ev
-            .pointer("/unsigned/invite_room_state")
-            .and_then(Value::as_array)
-            .is_some_and(|a| {
-                a.iter()
-                    .any(|e| str_of(e, "type") == Some("m.room.encryption"))
-            });
-        // What the invite does not show, the joined ghost reads; unreadable counts as encrypted.
+        let invite_id = str_of(ev, "event_id").unwrap_or(room);
         if let Err(why) = self.take_email_adds(sender, 1) {
             tracing::info!(%room, %ghost, %sender, "Ghost invite over the hourly limit.");
-            let txn = txn_id(&format!("ghost-limit.{room}"), "", ghost);
-            let content =
-                json!({"msgtype": "m.notice", "body": format!("{addr} was not added: {why}.")});
-            let _ = self
-                .client
-                .send(room, Some(ghost), "m.room.message", &txn, &content, None)
-                .await;
-            let _ = self.client.leave(room, ghost).await;
+            self.ghost_refuses(
+                room,
+                ghost,
+                invite_id,
+                &format!("{addr} was not added: {why}."),
+            )
+            .await;
             return Ok(());
         }
-        let encrypted = in_invite
-            || match self
-                .client
-                .get_state(room, Some(ghost), "m.room.encryption", "")
-                .await
-            {
-                Ok(found) => found.is_some(),
-                Err(e) => !transient(&e, "read the room's encryption state")?,
-            };
+        // What the invite does not show, the joined ghost reads; unreadable counts as encrypted.
+        let encrypted = match self.encryption(room, Some(ev), Some(ghost)).await {
+            Ok(e) => e,
+            Err(e) => !transient(&e, "read the room's encryption state")?,
+        };
         if encrypted {
             tracing::info!(%room, %ghost, %sender, "Ghost invited to an encrypted room; it explains and leaves.");
-            let txn = txn_id(&format!("ghost-invite.{room}"), "", ghost);
-            let content = json!({"msgtype": "m.notice", "body": E2EE_REFUSAL});
-            let _ = self
-                .client
-                .send(room, Some(ghost), "m.room.message", &txn, &content, None)
+            self.ghost_refuses(room, ghost, invite_id, E2EE_REFUSAL)
                 .await;
-            let _ = self.client.leave(room, ghost).await;
             return Ok(());
         }
         let store = self.router.store();
@@ -549,10 +551,7 @@ impl Commands {
             None => {
                 // A new chat for this room, named like the room (the invite carries its stripped
                 // state), or after the two people.
-                let name = ev
-                    .pointer("/unsigned/invite_room_state")
-                    .and_then(Value::as_array)
-                    .and_then(|a| a.iter().find(|e| str_of(e, "type") == Some("m.room.name")))
+                let name = invite_state(ev, "m.room.name")
                     .and_then(|e| e.pointer("/content/name"))
                     .and_then(Value::as_str)
                     .unwrap_or("")
@@ -584,11 +583,7 @@ impl Commands {
                 chat
             }
         };
-        let remote = ev.get("event_id").and_then(Value::as_str).map_or_else(
-            || format!("ghost-invite.{room}.{ghost}"),
-            |id| format!("{id}#ghost"),
-        );
-        self.add_email(chat, room, sender, &addr, &remote)
+        self.add_email(chat, room, sender, &addr, &format!("{invite_id}#ghost"))
             .await
             .map_err(RetryLater)?;
         tracing::info!(%room, %ghost, %sender, "Email person added by inviting their ghost.");
@@ -605,9 +600,7 @@ impl Commands {
         let is_direct = ev.pointer("/content/is_direct").and_then(Value::as_bool) == Some(true);
         let members = self.client.joined_members(room).await.unwrap_or_default();
         let two = members.len() == 2 && members.iter().any(|m| m == sender);
-        let encrypted = self
-            .encrypted(room, ev.pointer("/unsigned/invite_room_state"))
-            .await;
+        let encrypted = self.encrypted(room, Some(ev)).await;
         if is_direct || two {
             let store = self.router.store();
             let saved = async {
@@ -1022,6 +1015,26 @@ mod tests {
         axum::Json(json!({"versions": ["v1.11"]})).into_response()
     }
 
+    /// Commands with the default permissions, talking to a scripted homeserver.
+    async fn commands_on_fake_hs() -> (Arc<FakeHs>, TestBridge, Commands) {
+        let hs = Arc::new(FakeHs::default());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let app = axum::Router::new()
+            .fallback(handle_hs)
+            .with_state(hs.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let tb = TestBridge::new(&["email"]).await.unwrap();
+        let perms = Permissions::parse("matrix.test", &BTreeMap::new()).unwrap();
+        let c = Commands::new(
+            MatrixClient::new(&base, "as").unwrap(),
+            namer(),
+            tb.router(),
+            perms,
+        );
+        (hs, tb, c)
+    }
+
     fn namer() -> GhostNamer {
         GhostNamer {
             prefix: "_coi_".into(),
@@ -1083,21 +1096,7 @@ mod tests {
 
     #[tokio::test]
     async fn ghost_invites_are_checked_before_anything_is_made() {
-        let hs = Arc::new(FakeHs::default());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let app = axum::Router::new()
-            .fallback(handle_hs)
-            .with_state(hs.clone());
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        let tb = TestBridge::new(&["email"]).await.unwrap();
-        let perms = Permissions::parse("matrix.test", &BTreeMap::new()).unwrap();
-        let c = Commands::new(
-            MatrixClient::new(&base, "as").unwrap(),
-            namer(),
-            tb.router(),
-            perms,
-        );
+        let (hs, tb, c) = commands_on_fake_hs().await;
         let ghost_invite = |id: &str, room: &str, sender: &str, ghost: &str| {
             json!({"type": "m.room.member", "event_id": id, "room_id": room, "sender": sender,
                    "state_key": ghost, "content": {"membership": "invite"}})
@@ -1187,21 +1186,7 @@ mod tests {
 
     #[tokio::test]
     async fn management_room_commands_and_encryption() {
-        let hs = Arc::new(FakeHs::default());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let app = axum::Router::new()
-            .fallback(handle_hs)
-            .with_state(hs.clone());
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        let tb = TestBridge::new(&["email"]).await.unwrap();
-        let perms = Permissions::parse("matrix.test", &BTreeMap::new()).unwrap();
-        let c = Commands::new(
-            MatrixClient::new(&base, "as").unwrap(),
-            namer(),
-            tb.router(),
-            perms,
-        );
+        let (hs, tb, c) = commands_on_fake_hs().await;
         let answers = |hs: &FakeHs| -> Vec<(String, String)> {
             hs.calls
                 .lock()

@@ -123,6 +123,14 @@ impl GhostNamer {
     }
 }
 
+/// The localpart of a user id (`@local:server` → `local`); anything else is returned as is.
+pub fn localpart_of(user_id: &str) -> &str {
+    user_id
+        .strip_prefix('@')
+        .and_then(|u| u.split_once(':'))
+        .map_or(user_id, |(l, _)| l)
+}
+
 /// Whether `s` looks like a Matrix user id (`@local:server`), checked by ruma.
 pub fn is_user_id(s: &str) -> bool {
     <&ruma::UserId>::try_from(s).is_ok()

@@ -195,13 +195,8 @@ async fn query_user(
     let reachable = st.namer.parse(&user).is_some_and(|(side, addr)| {
         side == SideName::EMAIL.as_str() && crate::commands::is_email(&addr)
     });
-    let client = st.client.as_ref();
-    match (
-        reachable,
-        client,
-        user.strip_prefix('@').and_then(|u| u.split_once(':')),
-    ) {
-        (true, Some(client), Some((local, _))) => match client.register(local).await {
+    match (reachable, st.client.as_ref()) {
+        (true, Some(client)) => match client.register(crate::ids::localpart_of(&user)).await {
             Ok(()) => ok_empty(),
             Err(e) => {
                 tracing::warn!(%user, error = %e, "Could not register a queried ghost.");

@@ -5,7 +5,7 @@ use crate::config::MatrixSettings;
 use crate::convert::{
     MediaInfo, edit_content, first_part_content, media_content, part_content, reaction_content,
 };
-use crate::ids::{GhostNamer, is_user_id};
+use crate::ids::{GhostNamer, is_user_id, localpart_of};
 use async_trait::async_trait;
 use bridge_core::ir::{AttachmentKind, EventKind, MembershipChange, Part, Relation};
 use bridge_core::{
@@ -269,12 +269,7 @@ impl MatrixSide {
             .await
             .map_err(store_err)?;
         if stored.as_deref() != Some(name) {
-            let local = user
-                .strip_prefix('@')
-                .and_then(|u| u.split_once(':'))
-                .map(|(l, _)| l)
-                .unwrap_or(user);
-            self.client.register(local).await?;
+            self.client.register(localpart_of(user)).await?;
             if !name.is_empty() {
                 self.client.set_displayname(user, name).await?;
             }
