@@ -98,6 +98,11 @@ fn wait_mail(
     }
 }
 
+/// Bob sends a Delta Chat-style mail to the chat through Postfix.
+async fn from_bob(group: &str, to: &[&str], msg_id: &str, extra_headers: &str, body: &str) {
+    send_raw(BOB, to, &bob_mail(group, to, msg_id, extra_headers, body)).await;
+}
+
 /// A Delta Chat-style mail from bob to the chat (group name carries the run's tag).
 fn bob_mail(group: &str, to: &[&str], msg_id: &str, extra_headers: &str, body: &str) -> String {
     format!(
@@ -225,12 +230,7 @@ async fn conversation_across_real_matrix_and_email() {
             .join("\r\n")
     );
     let irt = format!("In-Reply-To: <{hello_mid}>\r\nReferences: <{hello_mid}>\r\n");
-    send_raw(
-        BOB,
-        &[&alice_addr],
-        &bob_mail(&group, &[&alice_addr], &bob_mid, &irt, &body),
-    )
-    .await;
+    from_bob(&group, &[&alice_addr], &bob_mid, &irt, &body).await;
     let ghost = "@_coi_bob=40example.test:matrix.test";
     let text = alice
         .wait(
@@ -331,16 +331,12 @@ async fn conversation_across_real_matrix_and_email() {
 
     // 6. Bob reacts to alice's hello, edits his text and deletes it; alice sees each on Matrix.
     let to = [alice_addr.as_str()];
-    send_raw(
-        BOB,
+    from_bob(
+        &group,
         &to,
-        &bob_mail(
-            &group,
-            &to,
-            &format!("{tag}.react@example.test"),
-            &format!("In-Reply-To: <{hello_mid}>\r\n"),
-            "Content-Type: text/plain; charset=utf-8\r\nContent-Disposition: reaction\r\n\r\n❤️\r\n",
-        ),
+        &format!("{tag}.react@example.test"),
+        &format!("In-Reply-To: <{hello_mid}>\r\n"),
+        "Content-Type: text/plain; charset=utf-8\r\nContent-Disposition: reaction\r\n\r\n❤️\r\n",
     )
     .await;
     let r = alice
@@ -353,16 +349,12 @@ async fn conversation_across_real_matrix_and_email() {
     assert_eq!(r["content"]["m.relates_to"]["event_id"], hello_ev.as_str());
     assert_eq!(r["content"]["m.relates_to"]["key"], "❤️");
     // Bob changes his mind (email: one reaction per person): the ghost's ❤️ goes, 👍 comes.
-    send_raw(
-        BOB,
+    from_bob(
+        &group,
         &to,
-        &bob_mail(
-            &group,
-            &to,
-            &format!("{tag}.react2@example.test"),
-            &format!("In-Reply-To: <{hello_mid}>\r\n"),
-            "Content-Type: text/plain; charset=utf-8\r\nContent-Disposition: reaction\r\n\r\n👍\r\n",
-        ),
+        &format!("{tag}.react2@example.test"),
+        &format!("In-Reply-To: <{hello_mid}>\r\n"),
+        "Content-Type: text/plain; charset=utf-8\r\nContent-Disposition: reaction\r\n\r\n👍\r\n",
     )
     .await;
     let heart = r["event_id"].as_str().unwrap().to_owned();
@@ -385,16 +377,12 @@ async fn conversation_across_real_matrix_and_email() {
         )
         .await;
     assert_eq!(r2["content"]["m.relates_to"]["key"], "👍");
-    send_raw(
-        BOB,
+    from_bob(
+        &group,
         &to,
-        &bob_mail(
-            &group,
-            &to,
-            &format!("{tag}.edit@example.test"),
-            &format!("Chat-Edit: <{bob_mid}>\r\nIn-Reply-To: <{bob_mid}>\r\n"),
-            &text_body("✏️nice! here is the view from the top"),
-        ),
+        &format!("{tag}.edit@example.test"),
+        &format!("Chat-Edit: <{bob_mid}>\r\nIn-Reply-To: <{bob_mid}>\r\n"),
+        &text_body("✏️nice! here is the view from the top"),
     )
     .await;
     let e = alice
@@ -412,16 +400,12 @@ async fn conversation_across_real_matrix_and_email() {
         e["content"]["m.new_content"]["body"],
         "nice! here is the view from the top"
     );
-    send_raw(
-        BOB,
+    from_bob(
+        &group,
         &to,
-        &bob_mail(
-            &group,
-            &to,
-            &format!("{tag}.del@example.test"),
-            &format!("Chat-Delete: <{bob_mid}>\r\n"),
-            &text_body("🚮"),
-        ),
+        &format!("{tag}.del@example.test"),
+        &format!("Chat-Delete: <{bob_mid}>\r\n"),
+        &text_body("🚮"),
     )
     .await;
     let d = alice
@@ -482,16 +466,12 @@ async fn conversation_across_real_matrix_and_email() {
     // As Delta Chat does, later mails carry the chat's current name and reference its thread.
     let thread = format!("In-Reply-To: <{hello_mid}>\r\nReferences: <{hello_mid}>\r\n");
     let to_carol = [alice_addr.as_str(), CAROL];
-    send_raw(
-        BOB,
+    from_bob(
+        &new_name,
         &to_carol,
-        &bob_mail(
-            &new_name,
-            &to_carol,
-            &format!("{tag}.add@example.test"),
-            &format!("Chat-Group-Member-Added: {CAROL}\r\n{thread}"),
-            &text_body(&format!("Member {CAROL} added by {BOB}.")),
-        ),
+        &format!("{tag}.add@example.test"),
+        &format!("Chat-Group-Member-Added: {CAROL}\r\n{thread}"),
+        &text_body(&format!("Member {CAROL} added by {BOB}.")),
     )
     .await;
     let carol_ghost = "@_coi_carol=40example.test:matrix.test";
@@ -503,16 +483,12 @@ async fn conversation_across_real_matrix_and_email() {
         joined["content"]["displayname"], "carol@example.test (email)",
         "{joined}"
     );
-    send_raw(
-        BOB,
+    from_bob(
+        &new_name,
         &to_carol,
-        &bob_mail(
-            &new_name,
-            &to_carol,
-            &format!("{tag}.rm@example.test"),
-            &format!("Chat-Group-Member-Removed: {CAROL}\r\n{thread}"),
-            &text_body(&format!("Member {CAROL} removed by {BOB}.")),
-        ),
+        &format!("{tag}.rm@example.test"),
+        &format!("Chat-Group-Member-Removed: {CAROL}\r\n{thread}"),
+        &text_body(&format!("Member {CAROL} removed by {BOB}.")),
     )
     .await;
     alice
@@ -568,16 +544,12 @@ async fn conversation_across_real_matrix_and_email() {
     );
     let private_mid = private.message_id.clone().unwrap();
     let to_dm = [alice_addr.as_str()];
-    send_raw(
-        BOB,
+    from_bob(
+        &format!("Just us {tag}"),
         &to_dm,
-        &bob_mail(
-            &format!("Just us {tag}"),
-            &to_dm,
-            &format!("{tag}.dm@example.test"),
-            &format!("In-Reply-To: <{private_mid}>\r\nReferences: <{private_mid}>\r\n"),
-            &text_body("sure, just us"),
-        ),
+        &format!("{tag}.dm@example.test"),
+        &format!("In-Reply-To: <{private_mid}>\r\nReferences: <{private_mid}>\r\n"),
+        &text_body("sure, just us"),
     )
     .await;
     alice
@@ -622,16 +594,12 @@ async fn conversation_across_real_matrix_and_email() {
     // 10. Read receipts. Bob asks for one (Delta Chat's header); alice reads his message in
     //     Matrix; bob gets an MDN from her address naming his mail.
     let ask_mid = format!("{tag}.ask@example.test");
-    send_raw(
-        BOB,
+    from_bob(
+        &new_name,
         &to,
-        &bob_mail(
-            &new_name,
-            &to,
-            &ask_mid,
-            &format!("Chat-Disposition-Notification-To: {BOB}\r\n{thread}"),
-            &text_body("did you read this?"),
-        ),
+        &ask_mid,
+        &format!("Chat-Disposition-Notification-To: {BOB}\r\n{thread}"),
+        &text_body("did you read this?"),
     )
     .await;
     let ask = alice
@@ -670,16 +638,12 @@ async fn conversation_across_real_matrix_and_email() {
         alice
             .cmd(json!({"cmd": "send", "room": room, "body": format!("inflight-m{i} {tag}")}))
             .await;
-        send_raw(
-            BOB,
+        from_bob(
+            &new_name,
             &to,
-            &bob_mail(
-                &new_name,
-                &to,
-                &format!("{tag}.inflight{i}@example.test"),
-                &thread,
-                &text_body(&format!("inflight-e{i} {tag}")),
-            ),
+            &format!("{tag}.inflight{i}@example.test"),
+            &thread,
+            &text_body(&format!("inflight-e{i} {tag}")),
         )
         .await;
     }
@@ -691,16 +655,12 @@ async fn conversation_across_real_matrix_and_email() {
         alice
             .cmd(json!({"cmd": "send", "room": room, "body": format!("inflight-m{i} {tag}")}))
             .await;
-        send_raw(
-            BOB,
+        from_bob(
+            &new_name,
             &to,
-            &bob_mail(
-                &new_name,
-                &to,
-                &format!("{tag}.inflight{i}@example.test"),
-                &thread,
-                &text_body(&format!("inflight-e{i} {tag}")),
-            ),
+            &format!("{tag}.inflight{i}@example.test"),
+            &thread,
+            &text_body(&format!("inflight-e{i} {tag}")),
         )
         .await;
     }

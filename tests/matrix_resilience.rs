@@ -24,22 +24,15 @@ use bridge_core::{
     Bridge, Capabilities, ChatId, Delivered, IngestOutcome, OutboxItem, RetryPolicy, Router, Side,
     SideError, SideName, Store,
 };
-use matrix_side::{MatrixConfig, MatrixSettings, MatrixSide};
+use matrix_side::{MatrixSettings, MatrixSide};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 mod matrix_support;
 
-use matrix_support::ListenerLock;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use matrix_support::{ListenerLock, Peer, repo, settings, synapse_env};
 
 fn gated() -> bool {
     if std::env::var("COI_TEST_SYNAPSE").as_deref() == Ok("1") {
@@ -60,139 +53,6 @@ async fn synapse(cmd: &str) {
         .unwrap();
     assert!(st.success(), "deploy/synapse.sh {cmd} failed");
     eprintln!("synapse.sh {cmd}: {:?}", t.elapsed());
-}
-
-fn synapse_env() -> BTreeMap<String, String> {
-    let out = std::process::Command::new(repo().join("deploy/synapse.sh"))
-        .arg("env")
-        .output()
-        .unwrap();
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.strip_prefix("export "))
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect()
-}
-
-fn settings(env: &BTreeMap<String, String>) -> MatrixSettings {
-    let mut cfg = MatrixConfig::new(
-        &env["COI_MATRIX_HS_URL"],
-        &env["COI_MATRIX_SERVER_NAME"],
-        &env["COI_MATRIX_AS_TOKEN"],
-        &env["COI_MATRIX_HS_TOKEN"],
-    );
-    cfg.listen = env["COI_MATRIX_AS_URL"]
-        .trim_start_matches("http://")
-        .to_owned();
-    cfg.registration_id = env["COI_MATRIX_AS_ID"].clone();
-    cfg.bot_localpart = env["COI_MATRIX_BOT"].clone();
-    cfg.ghost_prefix = env["COI_MATRIX_PREFIX"].clone();
-    cfg.validate().unwrap()
-}
-
-/// The matrix-nio peer (tests/peers/nio_peer.py) as a JSON-lines child process.
-struct Peer {
-    _child: tokio::process::Child,
-    stdin: tokio::process::ChildStdin,
-    rx: tokio::sync::mpsc::UnboundedReceiver<Value>,
-    backlog: Vec<Value>,
-    /// Every message event seen, in order.
-    messages: Vec<Value>,
-    next_id: u64,
-}
-
-impl Peer {
-    async fn start(python: &str, hs: &str) -> Peer {
-        let mut child = tokio::process::Command::new(python)
-            .arg(repo().join("tests/peers/nio_peer.py"))
-            .args([hs, "@alice:matrix.test", "alicepass"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let stdin = child.stdin.take().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stdout).lines();
-            while let Ok(Some(l)) = lines.next_line().await {
-                if let Ok(v) = serde_json::from_str::<Value>(&l) {
-                    let _ = tx.send(v);
-                }
-            }
-        });
-        let mut p = Peer {
-            _child: child,
-            stdin,
-            rx,
-            backlog: Vec::new(),
-            messages: Vec::new(),
-            next_id: 1,
-        };
-        let ready = p.wait("peer ready", |v| v["ready"] == true, 60).await;
-        assert_eq!(ready["ok"], true, "{ready}");
-        p
-    }
-
-    fn note(&mut self, v: &Value) {
-        if v["event"] == "message" {
-            self.messages.push(v.clone());
-        }
-    }
-
-    async fn wait(&mut self, what: &str, pred: impl Fn(&Value) -> bool, secs: u64) -> Value {
-        if let Some(i) = self.backlog.iter().position(&pred) {
-            return self.backlog.remove(i);
-        }
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(left, self.rx.recv()).await {
-                Ok(Some(v)) => {
-                    self.note(&v);
-                    if pred(&v) {
-                        return v;
-                    }
-                    self.backlog.push(v);
-                }
-                Ok(None) => panic!("nio peer exited while waiting for {what}"),
-                Err(_) => panic!("timed out after {secs}s waiting for {what}"),
-            }
-        }
-    }
-
-    /// Takes in whatever arrived so far (for counting).
-    fn drain(&mut self) {
-        while let Ok(v) = self.rx.try_recv() {
-            self.note(&v);
-            self.backlog.push(v);
-        }
-    }
-
-    /// How many message events with this body alice's client saw.
-    fn count(&mut self, body: &str) -> usize {
-        self.drain();
-        self.messages.iter().filter(|v| v["body"] == body).count()
-    }
-
-    async fn cmd(&mut self, mut req: Value) -> Value {
-        let id = self.next_id;
-        self.next_id += 1;
-        req["id"] = json!(id);
-        self.stdin
-            .write_all(format!("{req}\n").as_bytes())
-            .await
-            .unwrap();
-        let r = self
-            .wait("command reply", |v| v["id"] == json!(id), 60)
-            .await;
-        assert_eq!(r["ok"], true, "{req} -> {r}");
-        r
-    }
 }
 
 /// Simulates the crash point between a Matrix send and its outbox completion: the inner side
@@ -521,7 +381,7 @@ async fn synapse_restart_queued_email_arrives_once() {
     let inst = Instance::start(&settings, &db, email.clone(), None).await;
     let python = env["COI_PYTHON"].clone();
     let hs = env["COI_MATRIX_HS_URL"].clone();
-    let mut alice = Peer::start(&python, &hs).await;
+    let mut alice = Peer::start(&python, &hs, "@alice:matrix.test", "alicepass").await;
     let alice_ref = UserRef::new(SideName::MATRIX, "@alice:matrix.test", Some("Alice".into()));
     let group = format!("restart-{}", uuid::Uuid::new_v4().simple());
     let (_chat, room) = open_portal(&inst, &mut alice, &group, &alice_ref).await;
@@ -598,7 +458,7 @@ async fn synapse_restart_then_alice_reaches_email_once() {
     let inst = Instance::start(&settings, &db, email.clone(), None).await;
     let python = env["COI_PYTHON"].clone();
     let hs = env["COI_MATRIX_HS_URL"].clone();
-    let mut alice = Peer::start(&python, &hs).await;
+    let mut alice = Peer::start(&python, &hs, "@alice:matrix.test", "alicepass").await;
     let alice_ref = UserRef::new(SideName::MATRIX, "@alice:matrix.test", Some("Alice".into()));
     let group = format!("restart2-{}", uuid::Uuid::new_v4().simple());
     let (chat, room) = open_portal(&inst, &mut alice, &group, &alice_ref).await;
@@ -615,7 +475,7 @@ async fn synapse_restart_then_alice_reaches_email_once() {
 
     synapse("down").await;
     synapse("up").await;
-    let mut alice = Peer::start(&python, &hs).await;
+    let mut alice = Peer::start(&python, &hs, "@alice:matrix.test", "alicepass").await;
     let after: Vec<String> = (0..5)
         .map(|i| format!("{group} after restart {i}"))
         .collect();
@@ -671,7 +531,7 @@ async fn bridge_crash_loses_and_doubles_nothing() {
     .await;
     let python = env["COI_PYTHON"].clone();
     let hs = env["COI_MATRIX_HS_URL"].clone();
-    let mut alice = Peer::start(&python, &hs).await;
+    let mut alice = Peer::start(&python, &hs, "@alice:matrix.test", "alicepass").await;
     let alice_ref = UserRef::new(SideName::MATRIX, "@alice:matrix.test", Some("Alice".into()));
     let (chat, room) = open_portal(&inst, &mut alice, &group, &alice_ref).await;
 

@@ -11,7 +11,7 @@ use bridge_core::ir::{
 };
 use bridge_core::testing::FakeSide;
 use bridge_core::{Bridge, IngestOutcome, RetryPolicy, SideName, Store};
-use matrix_side::{MatrixConfig, MatrixSide};
+use matrix_side::MatrixSide;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -75,19 +75,7 @@ async fn synapse_round_trip() {
     assert!(up.success(), "deploy/synapse.sh up failed");
     let env = synapse_env();
     let hs_url = env["COI_MATRIX_HS_URL"].clone();
-    let mut cfg = MatrixConfig::new(
-        &hs_url,
-        &env["COI_MATRIX_SERVER_NAME"],
-        &env["COI_MATRIX_AS_TOKEN"],
-        &env["COI_MATRIX_HS_TOKEN"],
-    );
-    cfg.listen = env["COI_MATRIX_AS_URL"]
-        .trim_start_matches("http://")
-        .to_owned();
-    cfg.registration_id = env["COI_MATRIX_AS_ID"].clone();
-    cfg.bot_localpart = env["COI_MATRIX_BOT"].clone();
-    cfg.ghost_prefix = env["COI_MATRIX_PREFIX"].clone();
-    let settings = cfg.validate().unwrap();
+    let settings = matrix_support::settings(&env);
 
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&format!("sqlite://{}/bridge.db", dir.path().display()), 4)

@@ -28,12 +28,31 @@ pub fn synapse_env() -> BTreeMap<String, String> {
         .collect()
 }
 
+/// The `[matrix]` settings of a bridge registered with the local Synapse (`synapse_env()`).
+pub fn settings(env: &BTreeMap<String, String>) -> matrix_side::MatrixSettings {
+    let mut cfg = matrix_side::MatrixConfig::new(
+        &env["COI_MATRIX_HS_URL"],
+        &env["COI_MATRIX_SERVER_NAME"],
+        &env["COI_MATRIX_AS_TOKEN"],
+        &env["COI_MATRIX_HS_TOKEN"],
+    );
+    cfg.listen = env["COI_MATRIX_AS_URL"]
+        .trim_start_matches("http://")
+        .to_owned();
+    cfg.registration_id = env["COI_MATRIX_AS_ID"].clone();
+    cfg.bot_localpart = env["COI_MATRIX_BOT"].clone();
+    cfg.ghost_prefix = env["COI_MATRIX_PREFIX"].clone();
+    cfg.validate().unwrap()
+}
+
 /// The matrix-nio peer (tests/peers/nio_peer.py) as a JSON-lines child process.
 pub struct Peer {
     pub child: tokio::process::Child,
     stdin: tokio::process::ChildStdin,
     rx: tokio::sync::mpsc::UnboundedReceiver<Value>,
     backlog: Vec<Value>,
+    /// Every message event seen, in order (for counting).
+    messages: Vec<Value>,
     next_id: u64,
 }
 
@@ -65,6 +84,7 @@ impl Peer {
             stdin,
             rx,
             backlog: Vec::new(),
+            messages: Vec::new(),
             next_id: 1,
         };
         let ready = p.wait("peer ready", |v| v["ready"] == true, 60).await;
@@ -80,8 +100,13 @@ impl Peer {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match tokio::time::timeout(left, self.rx.recv()).await {
-                Ok(Some(v)) if pred(&v) => return v,
-                Ok(Some(v)) => self.backlog.push(v),
+                Ok(Some(v)) => {
+                    self.note(&v);
+                    if pred(&v) {
+                        return v;
+                    }
+                    self.backlog.push(v);
+                }
                 Ok(None) => panic!("nio peer exited while waiting for {what}"),
                 Err(_) => panic!(
                     "timed out after {secs}s waiting for {what}; seen: {:?}",
@@ -113,11 +138,29 @@ impl Peer {
         .await
     }
 
-    /// The first event seen so far that satisfies `pred`, without waiting for more.
-    pub async fn try_take(&mut self, pred: impl Fn(&Value) -> bool) -> Option<Value> {
+    fn note(&mut self, v: &Value) {
+        if v["event"] == "message" {
+            self.messages.push(v.clone());
+        }
+    }
+
+    /// Takes in whatever arrived so far.
+    fn drain(&mut self) {
         while let Ok(v) = self.rx.try_recv() {
+            self.note(&v);
             self.backlog.push(v);
         }
+    }
+
+    /// How many message events with this body the peer has seen.
+    pub fn count(&mut self, body: &str) -> usize {
+        self.drain();
+        self.messages.iter().filter(|v| v["body"] == body).count()
+    }
+
+    /// The first event seen so far that satisfies `pred`, without waiting for more.
+    pub async fn try_take(&mut self, pred: impl Fn(&Value) -> bool) -> Option<Value> {
+        self.drain();
         let i = self.backlog.iter().position(&pred)?;
         Some(self.backlog.remove(i))
     }
